@@ -1,0 +1,29 @@
+"""The memory bank (Wu et al. 2018): a running average of every example's embedding, one row each.
+
+Pure TF functions; the model keeps the bank in a `tf.Variable` and calls these.
+"""
+import tensorflow as tf
+
+
+def random_unit_rows(num_rows: int, dim: int, seed: int = 0) -> tf.Tensor:
+    """Random rows of unit length: the bank before training has filled it."""
+    rows = tf.random.stateless_normal([num_rows, dim], seed=[seed, 0])
+    return tf.math.l2_normalize(rows, axis=1)
+
+
+def blended_rows(old_rows: tf.Tensor, embeddings: tf.Tensor, momentum: float) -> tf.Tensor:
+    """normalize(m * old + (1 - m) * v): the new bank rows of a batch (METHOD.md, memory bank)."""
+    mixed = momentum * old_rows + (1.0 - momentum) * tf.cast(embeddings, old_rows.dtype)
+    return tf.math.l2_normalize(mixed, axis=1)
+
+
+def update_bank(bank: tf.Variable, indices: tf.Tensor, embeddings: tf.Tensor, momentum: float):
+    """Blends a batch's embeddings into their rows of the bank, in place.
+
+    Under a distribution strategy the caller passes the whole global batch (all-gathered), so every
+    replica's copy receives the same update and the copies stay identical.
+    """
+    old_rows = tf.gather(bank, indices)
+    new_rows = blended_rows(old_rows, embeddings, momentum)
+    # scatter_update (not scatter_nd_update) is what MirroredVariables implement.
+    return bank.scatter_update(tf.IndexedSlices(new_rows, indices))

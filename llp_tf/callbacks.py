@@ -1,0 +1,107 @@
+"""Keras callbacks: thin glue that runs label propagation and writes summaries at epoch ends."""
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from llp_tf import propagation
+
+
+class PropagationCallback(keras.callbacks.Callback):
+    """Refreshes log-density, pseudo-labels and confidences from the bank at the end of every epoch
+    from `first_epoch` on (the last instance-recognition epoch's end is the switch to LLP), and before
+    training if LLP starts with rows that were never propagated.
+
+    hidden_labels (the true labels of every bank row, where known) only feed diagnostics: the
+    pseudo-label accuracy on the unlabelled pool. They never reach the propagation.
+    """
+
+    def __init__(self, num_classes, k=10, t=25, tau=0.07, use_density=True, include_self=False,
+                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0):
+        super().__init__()
+        self.first_epoch = first_epoch
+        self.num_classes = num_classes
+        self.options = dict(k=k, t=t, tau=tau, use_density=use_density, include_self=include_self,
+                            chunks=chunks)
+        self.hidden_labels = None if hidden_labels is None else np.asarray(hidden_labels, np.int64)
+        self.history = []  # one dict of statistics per pass
+
+    def propagate(self):
+        """One pass over the bank; writes the results into the model's state variables."""
+        state = self.model.state
+        start = time.perf_counter()
+        is_labelled = state.is_labelled.numpy()
+        previous = state.labels.numpy()
+        result = propagation.propagate(tf.convert_to_tensor(state.bank), is_labelled, previous,
+                                       self.num_classes, **self.options)
+        state.labels.assign(result.labels)
+        state.confidences.assign(result.confidences)
+        state.log_density.assign(result.log_density)
+        stats = {
+            "propagation/seconds": time.perf_counter() - start,
+            "propagation/changed_fraction": float(
+                np.mean(result.labels[~is_labelled] != previous[~is_labelled])),
+            "propagation/mean_confidence": float(np.mean(result.confidences[~is_labelled])),
+        }
+        if self.hidden_labels is not None:
+            stats["propagation/pseudo_label_accuracy"] = pseudo_label_accuracy(
+                result.labels, self.hidden_labels, is_labelled)
+        self.history.append(stats)
+        return stats
+
+    def on_train_begin(self, logs=None):
+        if self.model.phase == "llp" and self.model.state.needs_propagation():
+            self.propagate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 < self.first_epoch:
+            return
+        stats = self.propagate()
+        if logs is not None:
+            logs.update(stats)
+
+
+def pseudo_label_accuracy(labels, hidden_labels, is_labelled):
+    """Share of the unlabelled pool whose current label equals its hidden true label."""
+    unlabelled = ~np.asarray(is_labelled, bool)
+    if not unlabelled.any():
+        return float("nan")
+    return float(np.mean(np.asarray(labels)[unlabelled] == np.asarray(hidden_labels)[unlabelled]))
+
+
+class SummaryCallback(keras.callbacks.Callback):
+    """Writes every epoch's logs as TensorBoard scalars with the model's own writer.
+
+    The step is the optimizer's iteration count, so curves of runs with different phases and resumed
+    runs line up. Keys "val_x" are written as "val/x", keys holding a "/" as they are, others as
+    "train/x".
+    """
+
+    def __init__(self, logdir):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(logdir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("epoch", epoch + 1)
+            tf.summary.scalar("learning_rate", current_learning_rate(self.model.optimizer))
+            for key, value in (logs or {}).items():
+                if np.ndim(value) == 0:
+                    name = summary_name(key)
+                    tf.summary.scalar(name, float(value))
+        self.writer.flush()
+
+
+def current_learning_rate(optimizer):
+    learning_rate = optimizer.learning_rate
+    if callable(learning_rate):
+        learning_rate = learning_rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(learning_rate))
+
+
+def summary_name(log_key):
+    if log_key.startswith("val_"):
+        return "val/" + log_key[4:]
+    return log_key if "/" in log_key else "train/" + log_key

@@ -1,0 +1,80 @@
+"""TrainConfig: every setting of a training run, as plain values (the command line fills it)."""
+import dataclasses
+import json
+
+METHODS = ("llp", "supervised")
+
+
+def setting(default, help_text):
+    """A config field with its command-line help (tools/train.py makes one absl flag per field)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = setting(None, "training data: tfds:NAME | idx:DIR | folder:DIR | npz:FILE")
+    workdir: str = setting(None, "output directory; rerunning with the same one resumes")
+    data_dir: str | None = setting(None, "TFDS data_dir")
+    method: str = setting("llp", "llp | supervised (labelled examples only, same network)")
+    backbone: str = setting("small_cnn", "small_cnn | cifar_resnet20 | cifar_resnet56 | resnet18v2 | resnet50v2")
+    width: int | None = setting(None, "channel multiplier of the backbone")
+    image_size: int | None = setting(None, "side of the square training images; default: the dataset's own")
+    labelled_fraction: float = setting(0.01, "p: share of each class that keeps its label")
+    kept_fraction: float = setting(1.0, "q: share of all training images used (labelled ones always)")
+    split_seed: int = setting(0, "seed of the labelled split")
+    seed: int = setting(0, "seed of initialisation, shuffling and augmentation")
+    batch_size: int = setting(128, "global batch, split across replicas")
+    epochs: int = setting(10, "total epochs, instance-recognition epochs included")
+    instance_epochs: int = setting(2, "instance-recognition warm-up epochs before the first propagation")
+    steps_per_epoch: int | None = setting(None, "default: kept examples // batch size (supervised too)")
+    learning_rate: float = setting(0.03, "SGD learning rate (paper: 0.03)")
+    lr_drop_epochs: tuple = setting((), "epochs at which the learning rate is multiplied by lr_drop_factor")
+    lr_drop_factor: float = setting(0.1, "factor applied at each of lr_drop_epochs")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "lambda of the L2 penalty lambda * ||theta||^2")
+    embedding_dim: int = setting(128, "D: size of the L2-normalised embedding and of the bank rows")
+    tau: float = setting(0.07, "temperature of the non-parametric softmax")
+    bank_momentum: float = setting(0.5, "m of bank <- normalize(m * bank + (1 - m) * v)")
+    bank_init: str = setting("network", "network: fill with the untrained net's embeddings | random")
+    k: int = setting(10, "K: labelled neighbours that vote")
+    t: int = setting(25, "T: neighbours of the local density")
+    use_density: bool = setting(True, "density-weighted LLP votes; off: plain weighted kNN")
+    density_include_self: bool = setting(
+        False, "count a labelled row among its own T density neighbours (released code; paper: no)")
+    use_confidence: bool = setting(True, "weight each example's loss by its confidence")
+    use_category_loss: bool = setting(True, "train the classifier head on the (pseudo-)labels")
+    augment: bool = setting(True, "random resized crop, grayscale, colour jitter and flip (paper)")
+    eval_knn_k: int = setting(200, "neighbours of the kNN evaluation (capped at the labelled count)")
+    propagation_query_rows: int = setting(1024, "query rows per propagation block")
+    propagation_key_rows: int = setting(16384, "key rows per propagation block")
+    strategy: str = setting("auto", "auto | mirrored | default")
+    cpu_replicas: int = setting(0, "mirror over this many logical CPUs (tests without GPUs)")
+    mixed_precision: str | None = setting(None, "mixed_float16 | mixed_bfloat16 (bank stays float32)")
+    jit_compile: bool = setting(False, "XLA-compile the train step (GPUs)")
+    keep_checkpoints: int = setting(3, "checkpoints kept in workdir/checkpoints")
+    verbose: int = setting(2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 a line per epoch")
+
+    def validate(self):
+        """Clear errors for settings that cannot work, before any data is read."""
+        if not self.dataset or not self.workdir:
+            raise ValueError("--dataset and --workdir are required")
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        for name in ("labelled_fraction", "kept_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"--{name} must be in (0, 1], got {value}")
+        if self.tau <= 0:
+            raise ValueError(f"--tau must be positive, got {self.tau}")
+        if self.epochs < 1 or self.instance_epochs < 0:
+            raise ValueError("--epochs must be >= 1 and --instance_epochs >= 0")
+        if self.method == "llp" and self.instance_epochs >= self.epochs:
+            raise ValueError(f"--instance_epochs={self.instance_epochs} leaves no LLP epoch of "
+                             f"--epochs={self.epochs}")
+        if self.k < 1 or self.t < 1:
+            raise ValueError("--k and --t must be >= 1")
+        if self.bank_init not in ("network", "random"):
+            raise ValueError(f"--bank_init must be network or random, got {self.bank_init!r}")
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -1,0 +1,167 @@
+"""The LLP network as a Keras model: backbone, embedding and classifier heads, and a train_step that
+runs instance recognition, LLP or plain supervised training for one replica.
+
+The per-example state (memory bank, current labels, confidences, log-density) lives in `LLPState`, a
+`tf.Module` of `tf.Variable`s outside the Keras weights, so a serving export never carries it and a
+checkpoint holds it explicitly.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from llp_tf import bank as bank_lib
+from llp_tf import losses
+
+PHASES = ("instance", "llp", "supervised")
+
+
+class LLPState(tf.Module):
+    """Per-example training state, one row per training example (bank row = dataset index).
+
+    Every variable uses aggregation NONE: under MirroredStrategy each replica holds a full copy, and
+    the train step keeps the copies identical by applying the whole global batch's update on each.
+    """
+
+    def __init__(self, is_labelled, labels, embedding_dim, seed=0):
+        super().__init__(name="llp_state")
+        is_labelled = np.asarray(is_labelled, bool)
+        num_examples = len(is_labelled)
+        # Unlabelled rows hold -1 until the first propagation gives them a pseudo-label.
+        current = np.where(is_labelled, np.asarray(labels, np.int64), -1)
+        make = lambda value, name: tf.Variable(  # noqa: E731
+            value, trainable=False, name=name, aggregation=tf.VariableAggregation.NONE)
+        self.bank = make(bank_lib.random_unit_rows(num_examples, embedding_dim, seed), "bank")
+        self.labels = make(current, "labels")
+        self.confidences = make(is_labelled.astype(np.float32), "confidences")
+        self.is_labelled = make(is_labelled, "is_labelled")
+        self.log_density = make(np.zeros(int(is_labelled.sum()), np.float32), "log_density")
+        self.completed_epochs = make(np.int64(0), "completed_epochs")
+
+    def needs_propagation(self):
+        """True until the first propagation has labelled every unlabelled row."""
+        return bool(np.any(self.labels.numpy() < 0))
+
+    @property
+    def num_examples(self):
+        return int(self.bank.shape[0])
+
+
+class LLPModel(keras.Model):
+    """f(x) = (L2-normalised embedding, class logits) with LLP's training step.
+
+    phase "instance": every example is its own class (A = {x}), no category loss.
+    phase "llp": c * (L_C + L_A) against the current labels (Eq. 4).
+    phase "supervised": cross-entropy on the true labels of the batch (the baseline; feed it
+    labelled examples only). The bank is updated in every phase, so kNN evaluation works for all.
+    """
+
+    def __init__(self, backbone, num_classes, state: LLPState, tau=0.07, bank_momentum=0.5,
+                 use_confidence=True, use_category_loss=True, weight_decay=1e-4, **kwargs):
+        super().__init__(**kwargs)
+        regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+        self.backbone = backbone
+        # Heads compute in float32 under mixed precision: the bank and logsumexp need it.
+        self.embedding_head = keras.layers.Dense(
+            state.bank.shape[1], kernel_regularizer=regularizer, dtype="float32", name="embedding")
+        self.classifier = keras.layers.Dense(
+            num_classes, kernel_regularizer=regularizer, dtype="float32", name="classifier")
+        self.state = state
+        self.num_classes = num_classes
+        self.tau = tau
+        self.bank_momentum = bank_momentum
+        self.use_confidence = use_confidence
+        self.use_category_loss = use_category_loss
+        self._phase = "instance"
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in (
+            "loss", "aggregation_loss", "category_loss", "weight_decay_loss")}
+        self.trackers["top1"] = keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1")
+        self.trackers["top5"] = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+
+    @property
+    def phase(self):
+        return self._phase
+
+    @phase.setter
+    def phase(self, value):
+        if value not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {value!r}")
+        if value != self._phase:
+            self._phase = value
+            self.train_function = None  # retrace: the phase is a Python branch of train_step
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=training)
+        embeddings = tf.math.l2_normalize(self.embedding_head(features), axis=1)
+        return {"embeddings": embeddings, "logits": self.classifier(features)}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def per_example_loss(self, outputs, true_labels, indices, bank):
+        """(per-example loss [B], aggregation part [B], category part [B]) of the current phase."""
+        embeddings, logits = outputs["embeddings"], outputs["logits"]
+        zeros = tf.zeros_like(embeddings[:, 0])
+        if self._phase == "instance":
+            aggregation = losses.instance_loss(embeddings, bank, indices, self.tau)
+            return aggregation, aggregation, zeros
+        if self._phase == "supervised":
+            category = losses.category_loss(true_labels, logits)
+            return category, zeros, category
+        labels = tf.gather(self.state.labels, indices)
+        confidences = tf.gather(self.state.confidences, indices)
+        aggregation = losses.aggregation_loss(embeddings, bank, self.state.labels, labels, self.tau)
+        category = losses.category_loss(labels, logits)
+        total = losses.llp_loss(aggregation, category, confidences,
+                                self.use_confidence, self.use_category_loss)
+        return total, aggregation, category
+
+    def target_labels(self, true_labels, indices):
+        """The labels the classifier is trained towards in this phase (for the train accuracy)."""
+        if self._phase == "llp":
+            return tf.gather(self.state.labels, indices)
+        return true_labels
+
+    def train_step(self, data):
+        images, true_labels, indices = data
+        # The loss reads the bank before this step's update (METHOD.md, memory bank).
+        bank = tf.convert_to_tensor(self.state.bank)
+        with tf.GradientTape() as tape:
+            outputs = self(images, training=True)
+            per_example, aggregation, category = self.per_example_loss(
+                outputs, true_labels, indices, bank)
+            # Gradients are summed over replicas: divide by the global batch once, here.
+            data_loss = tf.nn.compute_average_loss(per_example)
+            weight_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
+            loss = data_loss + weight_loss
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self.update_bank(outputs["embeddings"], indices)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.trackers["loss"].update_state(loss * replicas)
+        self.trackers["aggregation_loss"].update_state(aggregation)
+        self.trackers["category_loss"].update_state(category)
+        self.trackers["weight_decay_loss"].update_state(weight_loss * replicas)
+        self._update_accuracy(self.target_labels(true_labels, indices), outputs["logits"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def update_bank(self, embeddings, indices):
+        """Blend the global batch into every replica's copy of the bank."""
+        context = tf.distribute.get_replica_context()
+        all_indices = context.all_gather(indices, axis=0)
+        all_embeddings = context.all_gather(tf.stop_gradient(embeddings), axis=0)
+        bank_lib.update_bank(self.state.bank, all_indices, all_embeddings, self.bank_momentum)
+
+    def _update_accuracy(self, labels, logits):
+        self.trackers["top1"].update_state(labels, logits)
+        if self.num_classes > 5:
+            self.trackers["top5"].update_state(labels, logits)
+
+    def test_step(self, data):
+        images, true_labels, _ = data
+        outputs = self(images, training=False)
+        category = losses.category_loss(true_labels, outputs["logits"])
+        self.trackers["category_loss"].update_state(category)
+        self._update_accuracy(true_labels, outputs["logits"])
+        return {name: self.trackers[name].result() for name in ("category_loss", "top1", "top5")}

@@ -1,0 +1,32 @@
+"""llp_tf: Local Label Propagation in TensorFlow 2 / Keras 3."""
+from setuptools import setup
+
+setup(
+    name="llp_tf",
+    version="0.1.0",
+    description="Local Label Propagation (Zhuang et al. 2019) for TensorFlow 2 / Keras 3",
+    python_requires=">=3.10",
+    # The command-line programs live in tools/ and install as llp_tf.tools.
+    packages=["llp_tf", "llp_tf.tools"],
+    package_dir={"llp_tf": "llp_tf", "llp_tf.tools": "tools"},
+    install_requires=[
+        "tensorflow>=2.16,<3",  # Keras 3; GPU users: tensorflow[and-cuda]
+        "keras>=3.3",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources>=5",  # tensorflow-datasets imports it without declaring it
+        "tensorboard>=2.16",  # TF 2.21 no longer pulls it in; tf.summary needs it
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scikit-learn>=1.4"],
+        "analysis": ["matplotlib>=3.8", "scikit-learn>=1.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "llp-train=llp_tf.tools.train:run",
+            "llp-propagate=llp_tf.tools.propagate:run",
+        ],
+    },
+)

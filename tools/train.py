@@ -1,0 +1,67 @@
+"""llp-train: trains LLP (or the supervised baseline) from absl flags; reruns resume.
+
+  llp-train --flagfile=flags/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
+"""
+import dataclasses
+import json
+import os
+import sys
+import typing
+
+from absl import app, flags
+
+from llp_tf.config import TrainConfig
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flags():
+    """One absl flag per TrainConfig field, with the field's default and help."""
+    for field in dataclasses.fields(TrainConfig):
+        kind = _base_type(field.type)
+        define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                  str: flags.DEFINE_string, tuple: flags.DEFINE_list}[kind]
+        default = list(field.default) if kind is tuple else field.default
+        define(field.name, default, field.metadata["help"])
+
+
+def _base_type(annotation):
+    """int for `int | None`, and so on."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation)  # noqa: S307 - annotations of our own dataclass
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return options[0]
+
+
+def config_from_flags() -> TrainConfig:
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(FLAGS, field.name)
+        if _base_type(field.type) is tuple:
+            value = tuple(int(v) for v in value)
+        values[field.name] = value
+    return TrainConfig(**values)
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    if config.cpu_replicas:
+        from llp_tf import distribute
+        distribute.split_cpu(config.cpu_replicas)
+    from llp_tf.train import train  # imports TensorFlow after the device split
+    try:
+        metrics = train(config)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"llp-train: {error}")
+    print(json.dumps(metrics, indent=2))
+    print(f"metrics written to {os.path.join(config.workdir, 'metrics.json')}")
+
+
+def run():
+    define_config_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
