@@ -15,14 +15,14 @@ from llp_tf.config import TrainConfig
 FLAGS = flags.FLAGS
 
 
-def define_config_flags():
+def define_config_flags(flag_values=FLAGS):
     """One absl flag per TrainConfig field, with the field's default and help."""
     for field in dataclasses.fields(TrainConfig):
         kind = _base_type(field.type)
         define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
                   str: flags.DEFINE_string, tuple: flags.DEFINE_list}[kind]
         default = list(field.default) if kind is tuple else field.default
-        define(field.name, default, field.metadata["help"])
+        define(field.name, default, field.metadata["help"], flag_values=flag_values)
 
 
 def _base_type(annotation):
@@ -33,10 +33,10 @@ def _base_type(annotation):
     return options[0]
 
 
-def config_from_flags() -> TrainConfig:
+def config_from_flags(flag_values=FLAGS) -> TrainConfig:
     values = {}
     for field in dataclasses.fields(TrainConfig):
-        value = getattr(FLAGS, field.name)
+        value = getattr(flag_values, field.name)
         if _base_type(field.type) is tuple:
             value = tuple(int(v) for v in value)
         values[field.name] = value

@@ -1,0 +1,118 @@
+"""The command lines end to end: llp-train (LLP under 2-replica MirroredStrategy, supervised, resume),
+llp-propagate, and every flagfile in flags/."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from llp_tf import propagation
+from tests.datasets import write_npz
+from tools import train as train_tool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone=small_cnn", "--width=1", "--batch_size=32", "--labelled_fraction=0.1",
+        "--k=5", "--t=10", "--eval_knn_k=20", "--learning_rate=0.05", "--verbose=0"]
+
+
+def run_tool(module, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    if check and result.returncode:
+        raise AssertionError(f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))),
+                         ids=os.path.basename)
+def test_flagfile_parses_into_a_valid_config(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # nested --flagfile lines are relative to the repository root
+    flag_values = flags.FlagValues()
+    train_tool.define_config_flags(flag_values)
+    flag_values(["llp-train", f"--flagfile={path}", "--workdir=/tmp/unused"])
+    config = train_tool.config_from_flags(flag_values)
+    config.validate()
+    assert config.dataset
+
+
+def test_llp_train_end_to_end_on_two_replicas(tiny_npz, tmp_path):
+    workdir = tmp_path / "llp"
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
+             "--epochs=3", "--instance_epochs=1", "--strategy=mirrored", "--cpu_replicas=2")
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    for key in ("method", "dataset", "num_labelled", "epochs", "wall_seconds", "val_top1", "val_top5",
+                "knn_top1", "pseudo_label_accuracy"):
+        assert key in metrics, key
+    assert metrics["method"] == "llp" and metrics["epochs"] == 3
+    assert metrics["num_labelled"] == 48  # 10% of each class of 480
+    assert len(metrics["pseudo_label_accuracy_history"]) == 3  # the switch, then each LLP epoch
+    for key in ("val_top1", "knn_top1", "pseudo_label_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    # The classes are easy: the bank's propagation must beat chance (0.25) by far.
+    assert metrics["pseudo_label_accuracy"] > 0.5
+    assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+
+
+def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
+    workdir = tmp_path / "supervised"
+    common = [f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY, "--method=supervised"]
+    run_tool("llp_tf.tools.train", *common, "--epochs=2")
+    first = json.loads((workdir / "metrics.json").read_text())
+    assert first["method"] == "supervised" and first["epochs"] == 2
+    assert first["pseudo_label_accuracy"] is None
+    run_tool("llp_tf.tools.train", *common, "--epochs=3")
+    resumed = json.loads((workdir / "metrics.json").read_text())
+    assert resumed["epochs"] == 3
+    assert resumed["wall_seconds"] < first["wall_seconds"] * 1.5  # one more epoch, not three
+
+
+def test_workdir_of_another_dataset_size_is_refused(tiny_npz, tmp_path):
+    workdir = tmp_path / "llp"
+    common = [f"--workdir={workdir}", *TINY, "--epochs=2", "--instance_epochs=1"]
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *common)
+    other = write_npz(tmp_path / "other.npz", num_train=320)
+    result = run_tool("llp_tf.tools.train", f"--dataset=npz:{other}", *common, check=False)
+    assert result.returncode != 0
+    assert "480 training examples" in result.stderr and "320" in result.stderr
+
+
+def test_llp_propagate_matches_the_library(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 16))
+    truth = rng.integers(0, 5, 3000)
+    embeddings = (centres[truth] + 0.7 * rng.normal(size=(3000, 16))) * 3.0  # not unit length
+    labels = np.where(rng.random(3000) < 0.1, truth, -1)
+    features = tmp_path / "features.npz"
+    np.savez(features, embeddings=embeddings, labels=labels)
+    output = tmp_path / "out.npz"
+    result = run_tool("llp_tf.tools.propagate", f"--features={features}", f"--output={output}",
+                      "--k=10", "--t=25", "--query_rows=333")
+    assert "propagated" in result.stdout and " s " in result.stdout
+    with np.load(output) as out:
+        pseudo, confidences = out["pseudo_labels"], out["confidences"]
+    assert pseudo.dtype == np.int64 and confidences.dtype == np.float32
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    expected = propagation.propagate(unit.astype(np.float32), labels >= 0, labels, 5, k=10, t=25)
+    np.testing.assert_array_equal(pseudo, expected.labels)
+    np.testing.assert_allclose(confidences, expected.confidences, atol=1e-6)
+    labelled = labels >= 0
+    np.testing.assert_array_equal(pseudo[labelled], labels[labelled])
+    assert np.all(confidences[labelled] == 1.0)
+    assert np.mean(pseudo[~labelled] == truth[~labelled]) > 0.8
+
+
+def test_llp_propagate_names_a_missing_array(tmp_path):
+    features = tmp_path / "features.npz"
+    np.savez(features, embeddings=np.ones((10, 4)))
+    result = run_tool("llp_tf.tools.propagate", f"--features={features}",
+                      f"--output={tmp_path / 'out.npz'}", check=False)
+    assert result.returncode != 0 and "labels" in result.stderr
