@@ -59,6 +59,7 @@ def top_k_neighbours(bank, query_rows, key_rows, k, tau, key_bias=None, exclude_
     query_rows, key_rows: int indices into bank. exclude_self skips key == query (by bank row).
     Returns (scores [Q, k], positions into key_rows [Q, k]) as tensors.
     """
+    k, query_chunk, key_chunk = int(k), int(chunks.query_rows), int(chunks.key_rows)
     bank = tf.convert_to_tensor(bank)
     query_rows = tf.convert_to_tensor(query_rows, tf.int32)
     key_rows = tf.convert_to_tensor(key_rows, tf.int32)
@@ -71,11 +72,11 @@ def top_k_neighbours(bank, query_rows, key_rows, k, tau, key_bias=None, exclude_
     query_key_pos = _positions_in(query_rows, key_rows, tf.shape(bank)[0]) if exclude_self else query_rows
     all_scores, all_ids = [], []
     num_queries = int(query_rows.shape[0])
-    for start in range(0, num_queries, chunks.query_rows):
-        rows = query_rows[start:start + chunks.query_rows]
+    for start in range(0, num_queries, query_chunk):
+        rows = query_rows[start:start + query_chunk]
         queries = tf.gather(bank, rows) * inv_tau
-        scores, ids = _block_top_k(queries, keys, key_bias, query_key_pos[start:start + chunks.query_rows],
-                                   tf.constant(k), tf.constant(chunks.key_rows), exclude_self)
+        scores, ids = _block_top_k(queries, keys, key_bias, query_key_pos[start:start + query_chunk],
+                                   tf.constant(k), tf.constant(key_chunk), exclude_self)
         all_scores.append(scores)
         all_ids.append(ids)
     if not all_scores:

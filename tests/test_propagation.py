@@ -1,0 +1,290 @@
+"""Specification tests of llp_tf.propagation against the float64 references of tests/reference.py.
+
+METHOD.md "Label propagation" (paper Eq. 5-8): density rho of each labelled row over its T nearest bank
+rows, locally weighted scores s(l) = bank[l].v/tau - log rho(l), the K best labelled rows vote with
+exp(s); the plain weighted kNN uses s(l) = bank[l].v/tau and the K nearest. The implementation runs in
+blocks (Chunks); its answer must not depend on them, in float64 or float32.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+from llp_tf import propagation as prop
+from tests import reference as ref
+
+SEED = 3
+NUM_ROWS, DIM, NUM_CLASSES = 1500, 16, 6
+SPREADS = (0.5, 0.7, 0.9, 1.1, 1.3, 1.5)   # class spreads: neighbourhoods overlap, densities differ
+K, T, TAU = 10, 25, 0.07
+SMALL_ROWS = 290                             # a second, small bank (D = 8, Q = 4) for the slow chunkings
+
+METHODS = {"llp": True, "knn": False}       # name -> use_density
+ONE_BLOCK = prop.Chunks(4096, 65536)
+# Block sizes that divide neither N (1500) nor M (153) nor N - M (1347); (13, 7) has fewer key rows
+# than K and T, so every top-k has to be assembled across blocks.
+CHUNKINGS = [ONE_BLOCK, prop.Chunks(97, 131), prop.Chunks(13, 7)]
+# One query row at a time and one key row per block: too slow for the large bank, run on a small one.
+TINY_CHUNKINGS = [prop.Chunks(1, 7), prop.Chunks(3, 1)]
+DTYPES = ["float64", "float32"]
+
+# Tolerances against the float64 reference. The outputs are float32 whatever the bank's dtype.
+CONFIDENCE_ATOL = {"float64": 2e-7, "float32": 1e-5}
+LOG_DENSITY_RTOL = {"float64": 2e-7, "float32": 1e-5}
+# A float32 run may legitimately pick other voters or another winner when the reference's margins are
+# below float32 resolution (scores ~ 1/tau = 14 carry errors ~1e-6); the test data must stay clear.
+MIN_MARGIN = 1e-5
+
+
+# ----------------------------------------------------------------------------- data, cached runs
+
+@functools.lru_cache(maxsize=None)
+def dataset(name):
+    """(bank float64 [N, D], true labels [N], is_labelled [N], labels as given: -1 where unlabelled)."""
+    if name == "large":
+        bank, truth, is_labelled = ref.clustered_bank(SEED, NUM_ROWS, DIM, NUM_CLASSES, 0.1, SPREADS)
+    else:
+        bank, truth, is_labelled = ref.clustered_bank(SEED, SMALL_ROWS, 8, 4, 0.1, SPREADS[:4])
+    # Unlabelled rows carry -1: the propagation must never read their label.
+    given = np.where(is_labelled, truth, -1)
+    return bank, truth, is_labelled, given
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run(name, method, include_self):
+    bank, _, is_labelled, given = dataset(name)
+    return ref.propagate(bank, is_labelled, given, int(given.max()) + 1, K, T, TAU,
+                         use_density=METHODS[method], include_self=include_self)
+
+
+@functools.lru_cache(maxsize=None)
+def implementation_run(name, method, include_self, chunks, dtype):
+    bank, _, is_labelled, given = dataset(name)
+    return prop.propagate(bank.astype(dtype), is_labelled, given, int(given.max()) + 1, k=K, t=T,
+                          tau=TAU, use_density=METHODS[method], include_self=include_self,
+                          chunks=chunks)
+
+
+def assert_matches_reference(result, expected, is_labelled, given, dtype, method):
+    assert result.labels.dtype == np.int64 and result.labels.shape == given.shape
+    assert result.confidences.dtype == np.float32 and result.confidences.shape == given.shape
+    np.testing.assert_array_equal(result.labels[is_labelled], given[is_labelled],
+                                  err_msg="labelled rows must keep their true label")
+    np.testing.assert_array_equal(result.confidences[is_labelled], 1.0,
+                                  err_msg="labelled rows must have confidence exactly 1")
+    mismatched = np.flatnonzero(result.labels != expected["labels"])
+    assert mismatched.size == 0, f"pseudo-labels differ from the reference at rows {mismatched[:20]}"
+    np.testing.assert_allclose(result.confidences, expected["confidences"], rtol=0,
+                               atol=CONFIDENCE_ATOL[dtype], err_msg="confidences (Eq. 6)")
+    assert np.all((result.confidences > 0) & (result.confidences <= 1))
+    assert result.log_density.shape == (is_labelled.sum(),)
+    if METHODS[method]:
+        np.testing.assert_allclose(result.log_density, expected["log_density"],
+                                   rtol=LOG_DENSITY_RTOL[dtype], err_msg="log rho (Eq. 7)")
+
+
+# ----------------------------------------------------------------------------- the test data itself
+
+def test_test_data_is_clustered_and_exercises_the_method():
+    """Preconditions that give the comparisons their power: about 10% labelled in every class, block
+    sizes that divide nothing, density weighting and include_self both change answers."""
+    bank, truth, is_labelled, _ = dataset("large")
+    np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-6)
+    assert 0.07 < is_labelled.mean() < 0.13
+    assert np.all(np.bincount(truth[is_labelled], minlength=NUM_CLASSES) >= K)
+    sizes = [NUM_ROWS, is_labelled.sum(), (~is_labelled).sum()]
+    for chunks in CHUNKINGS[1:]:
+        assert all(size % chunks.query_rows and size % chunks.key_rows for size in sizes), chunks
+    llp, knn = reference_run("large", "llp", False), reference_run("large", "knn", False)
+    accuracy = (llp["labels"] == truth)[~is_labelled].mean()
+    assert 0.8 < accuracy < 0.995, "clusters should overlap: some pseudo-labels wrong, most right"
+    assert (llp["labels"] != knn["labels"]).sum() >= 20, "density weighting should change answers"
+    with_self = reference_run("large", "llp", True)
+    assert (with_self["labels"] != llp["labels"]).sum() >= 5, "include_self should change answers"
+
+
+@pytest.mark.parametrize("name", ["large", "small"])
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_test_data_has_no_near_ties(method, include_self, name):
+    """A float32 run can only be held to identical labels where the float64 reference is not within
+    float32 noise of a tie: neither between the K-th and (K+1)-th voter nor between the top two p."""
+    _, _, is_labelled, _ = dataset(name)
+    expected = reference_run(name, method, include_self)
+    assert expected["voter_gap"][~is_labelled].min() > MIN_MARGIN, "near tie in voters: change SEED"
+    assert expected["vote_margin"][~is_labelled].min() > MIN_MARGIN, "near tie in p: change SEED"
+
+
+# ----------------------------------------------------------------------------- against the reference
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunks", CHUNKINGS, ids=str)
+@pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
+@pytest.mark.parametrize("method", METHODS)
+def test_propagation_matches_reference(method, include_self, chunks, dtype):
+    _, _, is_labelled, given = dataset("large")
+    result = implementation_run("large", method, include_self, chunks, dtype)
+    assert_matches_reference(result, reference_run("large", method, include_self), is_labelled,
+                             given, dtype, method)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunks", TINY_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
+@pytest.mark.parametrize("method", METHODS)
+def test_propagation_matches_reference_with_tiny_blocks(method, include_self, chunks, dtype):
+    _, _, is_labelled, given = dataset("small")
+    for block in [chunks.query_rows, chunks.key_rows]:
+        sizes = [SMALL_ROWS, is_labelled.sum(), (~is_labelled).sum()]
+        assert block == 1 or all(size % block for size in sizes), "blocks must not divide the sizes"
+    result = implementation_run("small", method, include_self, chunks, dtype)
+    assert_matches_reference(result, reference_run("small", method, include_self), is_labelled,
+                             given, dtype, method)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
+@pytest.mark.parametrize("method", METHODS)
+def test_results_do_not_depend_on_chunks(method, include_self, dtype):
+    for name, chunkings in [("large", CHUNKINGS), ("small", [ONE_BLOCK] + TINY_CHUNKINGS)]:
+        baseline = implementation_run(name, method, include_self, ONE_BLOCK, dtype)
+        for chunks in chunkings[1:]:
+            result = implementation_run(name, method, include_self, chunks, dtype)
+            np.testing.assert_array_equal(result.labels, baseline.labels, err_msg=str(chunks))
+            np.testing.assert_allclose(result.confidences, baseline.confidences, rtol=0,
+                                       atol=CONFIDENCE_ATOL[dtype], err_msg=str(chunks))
+            np.testing.assert_allclose(result.log_density, baseline.log_density,
+                                       rtol=LOG_DENSITY_RTOL[dtype],
+                                       err_msg=str(chunks))
+
+
+def test_knn_ignores_include_self():
+    """include_self only concerns the density, which the plain kNN does not use."""
+    for dtype in DTYPES:
+        a = implementation_run("large", "knn", False, ONE_BLOCK, dtype)
+        b = implementation_run("large", "knn", True, ONE_BLOCK, dtype)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.confidences, b.confidences)
+
+
+@pytest.mark.parametrize("t", [1, T, SMALL_ROWS - 1])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_log_density_float64(include_self, t):
+    """log_density on its own, in float64, against Eq. 7: from the single nearest row to all N - 1."""
+    bank, _, is_labelled, _ = dataset("small")
+    rows = np.flatnonzero(is_labelled).astype(np.int32)
+    result = prop.log_density(bank, rows, t, TAU, include_self=include_self,
+                              chunks=prop.Chunks(11, 29)).numpy()
+    assert result.dtype == np.float64
+    np.testing.assert_allclose(result, ref.log_density(bank, rows, t, TAU, include_self), rtol=1e-12)
+
+
+def test_vote_matches_weighted_sum():
+    """vote(): w_c = sum of exp(score) over neighbours labelled c, p = w / sum w (Eq. 5-6)."""
+    rng = np.random.default_rng(0)
+    scores = -np.sort(-rng.normal(0, 3, size=(50, K)), axis=1)      # descending, as top_k gives them
+    neighbour_labels = rng.integers(0, NUM_CLASSES, size=(50, K))
+    labels, confidences = prop.vote(scores, neighbour_labels, NUM_CLASSES)
+    w = np.zeros((50, NUM_CLASSES))
+    for q in range(50):
+        for score, label in zip(scores[q], neighbour_labels[q]):
+            w[q, label] += np.exp(score)
+    p = w / w.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(labels.numpy(), p.argmax(axis=1))
+    np.testing.assert_allclose(confidences.numpy(), p.max(axis=1), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- paper Fig. 1c
+
+def figure_1c():
+    """Unit vectors on a circle (D = 2). The query (row 0, angle 0) lies nearer to the three labelled
+    members of a dense class 1 (angles 0.30-0.32, inside 30 unlabelled points at 0.27-0.37) than to the
+    three labelled members of a sparse class 0 (angles -0.36, -0.9, -1.4, alone)."""
+    angles = np.array([0.0, 0.30, 0.31, 0.32, *np.linspace(0.27, 0.37, 30), -0.36, -0.9, -1.4])
+    labels = np.array([-1, 1, 1, 1] + [-1] * 30 + [0, 0, 0])
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1), labels >= 0, labels
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+def test_density_weighting_changes_the_answer(include_self):
+    bank, is_labelled, labels = figure_1c()
+    k, t = 3, 10
+    similarity = bank[is_labelled] @ bank[0]
+    dense, sparse = labels[is_labelled] == 1, labels[is_labelled] == 0
+    assert np.sort(similarity[dense])[0] > np.sort(similarity[sparse])[-1], "query nearer the dense"
+    knn = ref.propagate(bank, is_labelled, labels, 2, k, t, TAU, False, include_self)
+    llp = ref.propagate(bank, is_labelled, labels, 2, k, t, TAU, True, include_self)
+    assert llp["log_density"][dense].min() > llp["log_density"][sparse].max()
+    assert knn["labels"][0] == 1, "weighted kNN follows the nearer, dense class"
+    assert llp["labels"][0] == 0, "dividing out the density favours the sparse class"
+    for dtype in DTYPES:
+        for use_density, expected in [(False, knn), (True, llp)]:
+            for chunks in [ONE_BLOCK, prop.Chunks(4, 5)]:
+                result = prop.propagate(bank.astype(dtype), is_labelled, labels, 2, k=k, t=t, tau=TAU,
+                                        use_density=use_density, include_self=include_self,
+                                        chunks=chunks)
+                np.testing.assert_array_equal(result.labels, expected["labels"])
+                np.testing.assert_allclose(result.confidences, expected["confidences"], atol=1e-5)
+                if use_density:
+                    np.testing.assert_allclose(result.log_density, expected["log_density"], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- edge cases and errors
+
+def test_all_rows_labelled_keeps_every_label():
+    bank, truth, _, _ = dataset("small")
+    result = prop.propagate(bank, np.ones(len(bank), bool), truth, 4, k=K, t=T, tau=TAU)
+    np.testing.assert_array_equal(result.labels, truth)
+    np.testing.assert_array_equal(result.confidences, 1.0)
+
+
+def test_largest_allowed_k_and_t():
+    """K = M (every labelled row votes) and T = N - 1 (every other row is a neighbour) are valid."""
+    bank, _, is_labelled, given = dataset("small")
+    m, n = is_labelled.sum(), len(bank)
+    for use_density in [True, False]:
+        expected = ref.propagate(bank, is_labelled, given, 4, m, n - 1, TAU, use_density, False)
+        result = prop.propagate(bank, is_labelled, given, 4, k=int(m), t=n - 1, tau=TAU,
+                                use_density=use_density, chunks=prop.Chunks(17, 23))
+        np.testing.assert_array_equal(result.labels, expected["labels"])
+        np.testing.assert_allclose(result.confidences, expected["confidences"], atol=2e-7)
+
+
+ERROR_CASES = {                                   # name -> (change, expected message) given M, N
+    "k_above_labelled": lambda m, n: (dict(k=m + 1), f"K={m + 1}"),
+    "k_zero": lambda m, n: (dict(k=0), "K=0"),
+    "t_equals_n": lambda m, n: (dict(t=n), f"T={n}"),
+    "t_above_n": lambda m, n: (dict(t=n + 1), f"T={n + 1}"),
+    "t_zero": lambda m, n: (dict(t=0), "T=0"),
+    "tau_zero": lambda m, n: (dict(tau=0.0), "tau"),
+    "tau_negative": lambda m, n: (dict(tau=-0.07), "tau"),
+    "no_labelled": lambda m, n: (dict(), "labelled"),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_clear_errors(case):
+    bank, _, is_labelled, given = dataset("small")
+    change, message = ERROR_CASES[case](int(is_labelled.sum()), len(bank))
+    if case == "no_labelled":
+        is_labelled = np.zeros_like(is_labelled)
+    with pytest.raises(ValueError, match=message):
+        prop.propagate(bank, is_labelled, given, 4, **(dict(k=K, t=T, tau=TAU) | change))
+
+
+@pytest.mark.parametrize("size", ["k", "t", "chunks"])
+def test_numpy_integer_sizes_are_accepted(size):
+    """K, T and block sizes often arrive as NumPy integers (counted from arrays, read from configs);
+    the propagation must give the same answer as with Python ints."""
+    bank, _, is_labelled, given = dataset("small")
+    kwargs = dict(k=K, t=T, tau=TAU, chunks=prop.Chunks(17, 23))
+    expected = prop.propagate(bank, is_labelled, given, 4, **kwargs)
+    kwargs[size] = (prop.Chunks(np.int64(17), np.int64(23)) if size == "chunks"
+                    else np.int64(kwargs[size]))
+    try:
+        result = prop.propagate(bank, is_labelled, given, 4, **kwargs)
+    except TypeError as error:
+        pytest.fail(f"IMPLEMENTATION BUG: propagate({size}=<np.int64>) raises TypeError (int64 sizes "
+                    f"meet int32 shapes inside _block_top_k): {str(error).splitlines()[-1][:200]}")
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_array_equal(result.confidences, expected.confidences)
