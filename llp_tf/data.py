@@ -1,0 +1,583 @@
+"""Image sources, the paper's labelled/kept subsets, and the tf.data pipelines LLP trains and evaluates on.
+
+A *source* is a dataset with a train and a test split, named by a URI:
+
+    tfds:NAME    a TensorFlow Datasets dataset ('train', and 'test' or else 'validation')
+    idx:DIR      MNIST-format idx files (train-images-idx3-ubyte[.gz], ..., t10k-labels-idx1-ubyte[.gz])
+    folder:DIR   DIR/train/<class>/*.{jpg,jpeg,png} and DIR/test/<class>/* (or DIR/val/<class>/*)
+    npz:FILE     a .npz with x_train, y_train, x_test, y_test (uint8 images)
+
+Every source yields (image uint8 [H, W, C], label int64, index int64) in a fixed source order, so a
+training example is identified by its row in the source. `select_examples` picks the paper's
+p %-labelled, q %-kept subset of the train rows; the positions in `Selection.rows` are the rows of the
+memory bank, and `train_dataset` yields them as indices next to each augmented image.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import gzip
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from llp_tf.augment import augment_image, resize_square
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_DECODABLE_FORMATS = ("JPEG", "MPO", "PNG")  # as PIL names them; MPO is a camera JPEG variant
+_HEADER_SCAN_THREADS = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+
+class Source:
+    """A dataset with splits 'train' and 'test' (test means test, or val/validation where that is
+    what exists). Subclasses set the attributes and implement `labels` and `_encoded_examples`, and
+    `_decode` when their stored form is not already a uint8 image."""
+
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int, int, int] | None  # (H, W, C) when every image has this shape, else None
+    channels: int  # 1 or 3
+    # Largest shuffle buffer train_dataset uses when the caller gives none; None means the whole set.
+    default_shuffle_buffer_limit: int | None = None
+
+    def labels(self, split: str) -> np.ndarray:
+        """Every label of `split`, int64 [n], in source order."""
+        raise NotImplementedError
+
+    def examples(self, split: str, rows: np.ndarray | None = None) -> tf.data.Dataset:
+        """(image uint8 [H, W, C], label int64, index int64) for the source `rows` of `split`, in the
+        order given (None: all rows), where index is the position in `rows`. Unshuffled."""
+        return self._encoded_examples(split, rows).map(
+            self._decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def _encoded_examples(self, split: str, rows: np.ndarray | None) -> tf.data.Dataset:
+        """Like `examples`, but with the image in its cheapest stored form (a path, encoded bytes),
+        so that train_dataset can shuffle before paying for decoding."""
+        raise NotImplementedError
+
+    def _decode(self, stored_image, label, index):
+        return stored_image, label, index
+
+
+class ArraySource(Source):
+    """A source held in memory as uint8 arrays (the idx and npz forms)."""
+
+    def __init__(self, x_train, y_train, x_test, y_test, class_names=None, origin="arrays"):
+        self._images = {"train": _as_image_array(x_train, f"{origin} x_train"),
+                        "test": _as_image_array(x_test, f"{origin} x_test")}
+        self._labels = {"train": _as_label_array(y_train, f"{origin} y_train"),
+                        "test": _as_label_array(y_test, f"{origin} y_test")}
+        for split in SPLITS:
+            if len(self._images[split]) != len(self._labels[split]):
+                raise ValueError(f"{origin}: {len(self._images[split])} {split} images but "
+                                 f"{len(self._labels[split])} {split} labels")
+        if self._images["train"].shape[1:] != self._images["test"].shape[1:]:
+            raise ValueError(f"{origin}: train images are {self._images['train'].shape[1:]} but test "
+                             f"images are {self._images['test'].shape[1:]}")
+        largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
+        if class_names is None:
+            class_names = [str(c) for c in range(largest_label + 1)]
+        self.class_names = [str(name) for name in class_names]
+        self.num_classes = len(self.class_names)
+        if largest_label >= self.num_classes:
+            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
+        self.image_shape = tuple(int(d) for d in self._images["train"].shape[1:])
+        self.channels = self.image_shape[-1]
+
+    def labels(self, split):
+        return self._labels[_check_split(split)].copy()
+
+    def _encoded_examples(self, split, rows):
+        split = _check_split(split)
+        rows = _resolve_rows(rows, len(self._labels[split]))
+        return tf.data.Dataset.from_tensor_slices(
+            (self._images[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
+
+
+class FolderSource(Source):
+    """Image files in DIR/<split>/<class>/; classes are the sorted train subfolder names. Images are
+    decoded to 3 channels whatever they store, so grayscale and RGB files can be mixed."""
+
+    def __init__(self, root: str):
+        split_dirs = {"train": os.path.join(root, "train"), "test": _find_eval_folder(root)}
+        if not os.path.isdir(split_dirs["train"]):
+            raise FileNotFoundError(f"folder source {root}: no train/ folder")
+        self.class_names = _class_folders(split_dirs["train"])
+        if not self.class_names:
+            raise ValueError(f"folder source {root}: train/ has no class folders")
+        _check_same_classes(self.class_names, _class_folders(split_dirs["test"]), split_dirs["test"])
+        self.num_classes = len(self.class_names)
+        self.channels = 3
+        self._paths, self._labels = {}, {}
+        for split, split_dir in split_dirs.items():
+            self._paths[split], self._labels[split] = _list_class_images(split_dir, self.class_names)
+        sizes = _image_sizes(np.concatenate([self._paths["train"], self._paths["test"]]))
+        self.image_shape = (*sizes.pop(), 3) if len(sizes) == 1 else None
+
+    def labels(self, split):
+        return self._labels[_check_split(split)].copy()
+
+    def _encoded_examples(self, split, rows):
+        split = _check_split(split)
+        rows = _resolve_rows(rows, len(self._labels[split]))
+        return tf.data.Dataset.from_tensor_slices(
+            (self._paths[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
+
+    def _decode(self, path, label, index):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.ensure_shape(image, self.image_shape or (None, None, 3)), label, index
+
+
+class TfdsSource(Source):
+    """A TensorFlow Datasets dataset read in its stored (file) order, images decoded lazily."""
+
+    # Shuffling happens on encoded images (ImageNet: ~110 kB each), so a full-set buffer is too big;
+    # TFDS shuffles examples when it writes them, so a partial buffer still mixes well.
+    default_shuffle_buffer_limit = 10_000
+
+    def __init__(self, name: str, data_dir: str | None = None):
+        import tensorflow_datasets as tfds  # only this source needs it, and it is slow to import
+
+        self._tfds = tfds
+        self._builder = _prepared_builder(tfds, name, data_dir)
+        info = self._builder.info
+        self._image_key, self._label_key = info.supervised_keys or ("image", "label")
+        self._image_feature = info.features[self._image_key]
+        label_feature = info.features[self._label_key]
+        self.num_classes = int(label_feature.num_classes)
+        self.class_names = list(label_feature.names)
+        shape = tuple(self._image_feature.shape)
+        self.channels = int(shape[-1])
+        self.image_shape = shape if None not in shape else None
+        self._split_names = {"train": "train", "test": _tfds_eval_split(name, info.splits)}
+        # One file at a time, so that "source order" is the stored order whatever the read settings.
+        self._read_config = tfds.ReadConfig(interleave_cycle_length=1)
+        self._label_cache = {}
+
+    def labels(self, split):
+        return self._read_labels(_check_split(split)).copy()
+
+    def _read_labels(self, split):
+        """All labels of the split, read once in one pass that skips image decoding."""
+        if split not in self._label_cache:
+            labels = self._stored_examples(split).map(lambda image, label: label).batch(8192)
+            self._label_cache[split] = np.concatenate(
+                [np.zeros([0], np.int64)] + list(labels.as_numpy_iterator()))
+        return self._label_cache[split]
+
+    def _encoded_examples(self, split, rows):
+        split = _check_split(split)
+        stored = self._stored_examples(split).enumerate()
+        if rows is None:
+            return stored.map(lambda row, example: (*example, row))
+        num_rows = len(self._read_labels(split))
+        rows = _resolve_rows(rows, num_rows)
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError("a TFDS source is read in stored order: rows must be strictly increasing")
+        position_of_row = np.full(num_rows, -1, np.int64)
+        position_of_row[rows] = np.arange(len(rows))
+        position_of_row = tf.constant(position_of_row)
+        return (stored
+                .map(lambda row, example: (*example, tf.gather(position_of_row, row)))
+                .filter(lambda image, label, position: position >= 0))
+
+    def _decode(self, encoded_image, label, index):
+        return self._image_feature.decode_example(encoded_image), label, index
+
+    def _stored_examples(self, split):
+        """(encoded image, label int64) in stored order; image decoding skipped."""
+        examples = self._builder.as_dataset(
+            split=self._split_names[split], shuffle_files=False, read_config=self._read_config,
+            decoders={self._image_key: self._tfds.decode.SkipDecoding()})
+        return examples.map(lambda example: (example[self._image_key],
+                                             tf.cast(example[self._label_key], tf.int64)))
+
+
+def load_source(uri: str, data_dir: str | None = None) -> Source:
+    """Opens the source named by `uri` ('tfds:NAME', 'idx:DIR', 'folder:DIR' or 'npz:FILE');
+    `data_dir` is the TFDS data directory (TFDS's default when None)."""
+    scheme, _, location = uri.partition(":")
+    openers = {"tfds": lambda: TfdsSource(location, data_dir),
+               "idx": lambda: load_idx_source(_existing_path(location, uri)),
+               "folder": lambda: FolderSource(_existing_path(location, uri)),
+               "npz": lambda: load_npz_source(_existing_path(location, uri))}
+    if scheme not in openers:
+        raise ValueError(f"unknown dataset {uri!r}: expected one of "
+                         + ", ".join(f"'{name}:...'" for name in openers))
+    if not location:
+        raise ValueError(f"dataset {uri!r} names no {'dataset' if scheme == 'tfds' else 'path'}")
+    return openers[scheme]()
+
+
+def load_idx_source(directory: str) -> ArraySource:
+    """MNIST / Fashion-MNIST idx files, gzipped or not; images get a channel axis [N, 28, 28, 1]."""
+    arrays = {}
+    for key, stem in (("x_train", "train-images-idx3-ubyte"), ("y_train", "train-labels-idx1-ubyte"),
+                      ("x_test", "t10k-images-idx3-ubyte"), ("y_test", "t10k-labels-idx1-ubyte")):
+        path = _find_idx_file(directory, stem)
+        array = read_idx(path)
+        expected_ndim = 3 if key.startswith("x") else 1
+        if array.dtype != np.uint8 or array.ndim != expected_ndim:
+            raise ValueError(f"{path}: expected uint8 with {expected_ndim} dimensions, "
+                             f"got {array.dtype} {array.shape}")
+        arrays[key] = array
+    return ArraySource(**arrays, origin=directory)  # which adds the channel axis
+
+
+def load_npz_source(path: str) -> ArraySource:
+    """A .npz with x_train, y_train, x_test, y_test and, optionally, class_names."""
+    with np.load(path, allow_pickle=False) as npz:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {sorted(npz.files)})")
+        class_names = list(npz["class_names"]) if "class_names" in npz.files else None
+        return ArraySource(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
+                           class_names=class_names, origin=path)
+
+
+# idx format: 0, 0, a type code, the number of dimensions, then each dimension as big-endian uint32.
+_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parses one idx file (gzip detected from its content) into an array of its stored shape."""
+    raw = _read_maybe_gzipped(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an idx file (magic number {raw[:4].hex() or 'missing'})")
+    ndim, dtype = raw[3], _IDX_TYPES[raw[2]]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(f"{path}: idx header announces {ndim} dimensions but the file ends first")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    data_size = math.prod(shape) * dtype.itemsize
+    if len(raw) != header_size + data_size:
+        raise ValueError(f"{path}: idx header says shape {shape} ({data_size} bytes of data) but the "
+                         f"file has {len(raw) - header_size} bytes of data")
+    return np.frombuffer(raw, dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's labelled / kept subsets
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    rows: np.ndarray  # int64 [N] source rows of the training examples kept, sorted ascending
+    is_labelled: np.ndarray  # bool [N]
+    labels: np.ndarray  # int64 [N] true labels (hidden for unlabelled rows in training; diagnostics)
+
+    @property
+    def num_labelled(self) -> int:
+        return int(self.is_labelled.sum())
+
+
+def select_examples(labels: np.ndarray, labelled_fraction: float, kept_fraction: float = 1.0,
+                    seed: int = 0, class_names=None) -> Selection:
+    """The paper's regime of p % labels (class-balanced) among q % of the training images.
+
+    For each class, in class order, a seeded permutation of its rows; the first round(p * n_c) are
+    labelled (rounding halves up). Then, with the same generator, unlabelled rows are subsampled so
+    that round(q * n) rows are kept in all. The labelled set does not depend on q. When class_names
+    is given every one of its classes must have a labelled example; otherwise the labels' classes.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be non-negative, got {labels.min()}")
+    if labels.size and class_names is not None and labels.max() >= len(class_names):
+        raise ValueError(f"label {labels.max()} but only {len(class_names)} class names")
+    _check_fraction("labelled_fraction", labelled_fraction)
+    _check_fraction("kept_fraction", kept_fraction)
+    classes = range(len(class_names)) if class_names is not None else np.unique(labels)
+    rng = np.random.default_rng(seed)
+
+    labelled_rows = [_labelled_rows_of_class(labels, c, labelled_fraction, rng, class_names)
+                     for c in classes]
+    labelled_rows = np.sort(np.concatenate([np.zeros([0], np.int64)] + labelled_rows))
+    num_kept = _round_half_up(kept_fraction * len(labels))
+    if num_kept < len(labelled_rows):
+        raise ValueError(
+            f"kept_fraction={kept_fraction} keeps {num_kept} of {len(labels)} images, fewer than the "
+            f"{len(labelled_rows)} labelled ones; "
+            f"use kept_fraction >= {len(labelled_rows) / len(labels):.4g}")
+    unlabelled_rows = np.setdiff1d(np.arange(len(labels)), labelled_rows)
+    kept_unlabelled = rng.choice(unlabelled_rows, size=num_kept - len(labelled_rows), replace=False)
+
+    rows = np.sort(np.concatenate([labelled_rows, kept_unlabelled])).astype(np.int64)
+    return Selection(rows=_read_only(rows), is_labelled=_read_only(np.isin(rows, labelled_rows)),
+                     labels=_read_only(labels[rows]))
+
+
+def _labelled_rows_of_class(labels, c, fraction, rng, class_names):
+    rows_of_class = np.flatnonzero(labels == c)
+    num_labelled = _round_half_up(fraction * len(rows_of_class))
+    if num_labelled == 0:
+        name = f"class {class_names[c]!r} (label {c})" if class_names is not None else f"class {c}"
+        if len(rows_of_class) == 0:
+            raise ValueError(f"{name} has no training examples, so it cannot have a labelled one")
+        raise ValueError(
+            f"labelled_fraction={fraction} leaves {name} with no labelled example (it has "
+            f"{len(rows_of_class)} training examples); it needs labelled_fraction >= "
+            f"{0.5 / len(rows_of_class):.4g}")
+    return rng.permutation(rows_of_class)[:num_labelled]
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.data pipelines
+
+
+def train_dataset(source: Source, selection: Selection, batch_size: int, image_size: int,
+                  augment: bool = True, seed: int = 0, labelled_only: bool = False,
+                  shuffle_buffer: int | None = None) -> tf.data.Dataset:
+    """Batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B]) of the
+    selected training examples, reshuffled and re-augmented on every iteration; indices are bank rows
+    (positions in selection.rows). labelled_only keeps the labelled examples only (the supervised
+    baseline) with the same indices. The partial last batch is dropped. Everything random derives
+    from `seed`: the same seed gives the same sequence of batches in a freshly built dataset."""
+    bank_rows = (np.flatnonzero(selection.is_labelled) if labelled_only
+                 else np.arange(len(selection.rows))).astype(np.int64)
+    if len(bank_rows) < batch_size:
+        raise ValueError(f"{len(bank_rows)} {'labelled ' if labelled_only else ''}training examples "
+                         f"are fewer than batch_size={batch_size}: no full batch")
+    shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    if shuffle_buffer is None:
+        shuffle_buffer = min(len(bank_rows), source.default_shuffle_buffer_limit or len(bank_rows))
+
+    stored = source._encoded_examples("train", selection.rows[bank_rows])  # pylint: disable=protected-access
+    stored = stored.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    # One stateless seed [2] per example, new on each iteration: deterministic under parallel map.
+    example_seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True).batch(2)
+    bank_row_of_position = tf.constant(bank_rows)
+
+    def prepare(stored_example, example_seed):
+        image, label, position = source._decode(*stored_example)  # pylint: disable=protected-access
+        if augment:
+            image = augment_image(image, example_seed, image_size)
+        else:
+            image = preprocess_for_eval(image, image_size)
+        return image, label, tf.gather(bank_row_of_position, position)
+
+    dataset = (tf.data.Dataset.zip(stored, example_seeds)
+               .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+               .batch(batch_size, drop_remainder=True)
+               .prefetch(AUTOTUNE))
+    return _deterministic(dataset)
+
+
+def eval_dataset(source: Source, split: str, batch_size: int, image_size: int) -> tf.data.Dataset:
+    """Batches (images float32 [B, S, S, C] in [0, 1], labels int64, indices int64) of every example of
+    `split` in source order, preprocessed by `preprocess_for_eval`; the last batch may be smaller."""
+    dataset = (source.examples(split)
+               .map(lambda image, label, index: (preprocess_for_eval(image, image_size), label, index),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+               .batch(batch_size)
+               .prefetch(AUTOTUNE))
+    return _deterministic(dataset)
+
+
+def preprocess_for_eval(images, image_size: int) -> tf.Tensor:
+    """The one evaluation preprocessing, for an image [H, W, C] or a batch [B, H, W, C] (uint8, or
+    float in [0, 1]): the central square crop resized to image_size (no-op when the images already
+    are image_size square), as float32 in [0, 1]. Pure TF ops, so it can live in a SavedModel."""
+    images = tf.image.convert_image_dtype(tf.convert_to_tensor(images), tf.float32)
+    height, width = tf.shape(images)[-3], tf.shape(images)[-2]
+
+    def crop_and_resize():
+        side = tf.minimum(height, width)
+        square = tf.image.crop_to_bounding_box(
+            images, (height - side) // 2, (width - side) // 2, side, side)
+        return resize_square(square, image_size)
+
+    already_sized = tf.logical_and(tf.equal(height, image_size), tf.equal(width, image_size))
+    resized = tf.cond(already_sized, lambda: images, crop_and_resize)
+    return tf.ensure_shape(resized, images.shape[:-3] + (image_size, image_size, images.shape[-1]))
+
+
+def _deterministic(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
+    return split
+
+
+def _resolve_rows(rows, num_rows: int) -> np.ndarray:
+    if rows is None:
+        return np.arange(num_rows, dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+        raise ValueError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+    rows = rows.astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= num_rows):
+        raise ValueError(f"rows must lie in [0, {num_rows}), got [{rows.min()}, {rows.max()}]")
+    return rows
+
+
+def _check_fraction(name: str, value: float):
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # a frozen Selection should not change through its arrays either
+    return array
+
+
+def _round_half_up(x: float) -> int:
+    # Not Python's round(): ties to even would turn 0.5 labelled examples into 0.
+    return int(math.floor(x + 0.5))
+
+
+def _existing_path(location: str, uri: str) -> str:
+    path = os.path.expanduser(location)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset {uri!r}: {path} does not exist")
+    return path
+
+
+def _as_image_array(x, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise ValueError(f"{what}: images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"{what}: images must be [N, H, W] or [N, H, W, 1 or 3], got {x.shape}")
+    return x
+
+
+def _as_label_array(y, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:  # Keras-style [N, 1] labels
+        y = y[:, 0]
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"{what}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{what}: negative label {y.min()}")
+    return y.astype(np.int64)
+
+
+def _find_idx_file(directory: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"idx source {directory}: neither {stem}.gz nor {stem} found")
+
+
+def _read_maybe_gzipped(path: str) -> bytes:
+    with open(path, "rb") as file:
+        raw = file.read()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: corrupt gzip data ({error})") from error
+
+
+def _find_eval_folder(root: str) -> str:
+    for name in ("test", "val"):
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise FileNotFoundError(f"folder source {root}: neither test/ nor val/ exists")
+
+
+def _visible_entries(directory: str) -> list[os.DirEntry]:
+    return sorted((entry for entry in os.scandir(directory) if not entry.name.startswith(".")),
+                  key=lambda entry: entry.name)
+
+
+def _class_folders(split_dir: str) -> list[str]:
+    entries = _visible_entries(split_dir)
+    strays = [entry.name for entry in entries if not entry.is_dir()]
+    if strays:
+        raise ValueError(f"{split_dir}: files outside any class folder: {strays[:5]}")
+    return [entry.name for entry in entries]
+
+
+def _check_same_classes(train_classes: list[str], eval_classes: list[str], eval_dir: str):
+    missing = sorted(set(train_classes) - set(eval_classes))
+    if missing:
+        raise ValueError(f"{eval_dir}: no folder for classes present in train: {missing}")
+    unknown = sorted(set(eval_classes) - set(train_classes))
+    if unknown:
+        raise ValueError(f"{eval_dir}: classes {unknown} are not in train")
+
+
+def _list_class_images(split_dir: str, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Image paths (class by class, sorted by name) and their labels."""
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(split_dir, name)
+        entries = _visible_entries(class_dir)
+        unusable = [entry.name for entry in entries
+                    if not (entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS))]
+        if unusable:
+            raise ValueError(f"{class_dir}: entries that are not {'/'.join(IMAGE_EXTENSIONS)} files: "
+                             f"{unusable[:5]}")
+        if not entries:
+            raise ValueError(f"{class_dir}: class {name!r} has no images")
+        paths += [entry.path for entry in entries]
+        labels += [label] * len(entries)
+    return np.array(paths, dtype=object).astype(str), np.array(labels, dtype=np.int64)
+
+
+def _image_sizes(paths: np.ndarray) -> set[tuple[int, int]]:
+    """The distinct (height, width) of the images, read from their headers only; names the first
+    file that is not a decodable image."""
+    with concurrent.futures.ThreadPoolExecutor(_HEADER_SCAN_THREADS) as pool:
+        return set(pool.map(_image_size, paths))
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image_format, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode image {path}: {error}") from error
+    if image_format not in _DECODABLE_FORMATS:
+        raise ValueError(f"cannot decode image {path}: it is {image_format}, not JPEG or PNG")
+    return height, width
+
+
+def _prepared_builder(tfds, name: str, data_dir: str | None):
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as error:  # any TFDS failure; re-raised with the dataset named, cause chained
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise RuntimeError(f"TFDS dataset {name!r} (data_dir={data_dir!r}) could not be loaded or "
+                           f"prepared: {type(error).__name__}: {first_line}") from error
+    return builder
+
+
+def _tfds_eval_split(name: str, splits) -> str:
+    available = list(splits.keys())
+    if not available:  # split names unknown (a mocked dataset): TFDS accepts any name
+        return "test"
+    for candidate in ("test", "validation"):
+        if candidate in available:
+            return candidate
+    raise ValueError(f"TFDS dataset {name!r} has neither a 'test' nor a 'validation' split: {available}")

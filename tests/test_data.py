@@ -1,0 +1,394 @@
+"""Tests of the sources, the paper's labelled/kept selection and the tf.data pipelines, on tiny data."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from llp_tf import data
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers that write tiny datasets
+
+
+def write_idx(path, array, gz=True):
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    raw = header + array.tobytes()
+    with (gzip.open(path + ".gz", "wb") if gz else open(path, "wb")) as file:
+        file.write(raw)
+
+
+def make_idx_dir(directory, num_train=12, num_test=5, gz=True):
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(num_train) % 10,
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28)),
+              "t10k-labels-idx1-ubyte": np.arange(num_test) % 10}
+    for name, array in arrays.items():
+        write_idx(os.path.join(directory, name), array, gz=gz)
+    return arrays
+
+
+def save_image(path, size, mode="RGB", value=0):
+    width, height = size
+    channels = {"RGB": 3, "L": 1}[mode]
+    pixels = np.full((height, width, channels), value, np.uint8).squeeze()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+
+
+def make_folder_dataset(root, eval_split="test", classes=("cat", "dog", "fish")):
+    """Two train images per class (mixed sizes, one grayscale, mixed extensions), one eval each."""
+    for c, name in enumerate(classes):
+        save_image(f"{root}/train/{name}/a.png", (20 + c, 16), value=10 * c)
+        save_image(f"{root}/train/{name}/b.JPG", (12, 12), value=10 * c)
+        save_image(f"{root}/{eval_split}/{name}/x.jpeg", (9, 7), value=10 * c)
+    save_image(f"{root}/train/dog/c_gray.png", (10, 14), mode="L", value=77)
+    return root
+
+
+def array_source(num_train=50, num_test=10, num_classes=5, shape=(8, 8, 3)):
+    """Images whose every pixel is their row number, so pipelines can be checked by content."""
+    def images(n):
+        return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, *shape)).copy()
+    return data.ArraySource(images(num_train), np.arange(num_train) % num_classes,
+                            images(num_test), np.arange(num_test) % num_classes)
+
+
+def collect(dataset):
+    return [tuple(np.asarray(t) for t in element) for element in dataset.as_numpy_iterator()]
+
+
+# ---------------------------------------------------------------------------------------------
+# load_source
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_source_round_trip(tmp_path, gz):
+    arrays = make_idx_dir(str(tmp_path), gz=gz)
+    source = data.load_source(f"idx:{tmp_path}")
+    assert source.num_classes == 10 and source.class_names == [str(c) for c in range(10)]
+    assert source.image_shape == (28, 28, 1) and source.channels == 1
+    np.testing.assert_array_equal(source.labels("train"), arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(source.labels("test"), arrays["t10k-labels-idx1-ubyte"])
+    examples = collect(source.examples("train", np.array([3, 0])))
+    assert [(e[1], e[2]) for e in examples] == [(3, 0), (0, 1)]
+    np.testing.assert_array_equal(examples[0][0][..., 0], arrays["train-images-idx3-ubyte"][3])
+    assert examples[0][0].dtype == np.uint8
+
+
+def test_idx_corrupt_header_is_named(tmp_path):
+    make_idx_dir(str(tmp_path))
+    path = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")
+    with gzip.open(path, "wb") as file:
+        file.write(b"\x12\x34\x08\x03" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*magic"):
+        data.load_source(f"idx:{tmp_path}")
+
+
+def test_idx_count_mismatch_and_truncation(tmp_path):
+    make_idx_dir(str(tmp_path))
+    write_idx(os.path.join(tmp_path, "train-labels-idx1-ubyte"), np.zeros(7))
+    with pytest.raises(ValueError, match="12 train images but 7 train labels"):
+        data.load_source(f"idx:{tmp_path}")
+    path = os.path.join(tmp_path, "t10k-images-idx3-ubyte.gz")
+    with gzip.open(path, "rb") as file:
+        raw = file.read()
+    with gzip.open(path, "wb") as file:
+        file.write(raw[:-3])
+    with pytest.raises(ValueError, match="t10k-images.*shape"):
+        data.read_idx(path)
+
+
+def test_idx_missing_file(tmp_path):
+    make_idx_dir(str(tmp_path))
+    os.remove(os.path.join(tmp_path, "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
+        data.load_source(f"idx:{tmp_path}")
+
+
+def test_folder_source(tmp_path):
+    source = data.load_source(f"folder:{make_folder_dataset(str(tmp_path))}")
+    assert source.class_names == ["cat", "dog", "fish"] and source.num_classes == 3
+    assert source.channels == 3 and source.image_shape is None  # mixed sizes
+    np.testing.assert_array_equal(source.labels("train"), [0, 0, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(source.labels("test"), [0, 1, 2])
+    shapes = [(e[0].shape, e[1], e[2]) for e in collect(source.examples("train"))]
+    assert shapes == [((16, 20, 3), 0, 0), ((12, 12, 3), 0, 1), ((16, 21, 3), 1, 2),
+                      ((12, 12, 3), 1, 3), ((14, 10, 3), 1, 4), ((16, 22, 3), 2, 5), ((12, 12, 3), 2, 6)]
+    gray = collect(source.examples("train", np.array([4])))[0][0]
+    assert np.all(gray == 77)  # grayscale decoded to three equal channels
+
+
+def test_folder_source_same_size_has_image_shape_and_accepts_val(tmp_path):
+    for name in ("a", "b"):
+        save_image(f"{tmp_path}/train/{name}/0.png", (6, 5))
+        save_image(f"{tmp_path}/val/{name}/0.jpg", (6, 5))
+    source = data.load_source(f"folder:{tmp_path}")
+    assert source.image_shape == (5, 6, 3)
+    assert len(source.labels("test")) == 2
+    assert collect(source.examples("test"))[1][0].shape == (5, 6, 3)
+
+
+def test_folder_errors(tmp_path):
+    root = make_folder_dataset(str(tmp_path / "no_eval"), eval_split="elsewhere")
+    with pytest.raises(FileNotFoundError, match="neither test/ nor val/"):
+        data.load_source(f"folder:{root}")
+
+    root = make_folder_dataset(str(tmp_path / "missing_class"))
+    os.remove(f"{root}/test/dog/x.jpeg")
+    os.rmdir(f"{root}/test/dog")
+    with pytest.raises(ValueError, match="dog"):
+        data.load_source(f"folder:{root}")
+
+    root = make_folder_dataset(str(tmp_path / "broken"))
+    with open(f"{root}/train/fish/broken.png", "wb") as file:
+        file.write(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        data.load_source(f"folder:{root}")
+
+    root = make_folder_dataset(str(tmp_path / "stray"))
+    open(f"{root}/train/cat/notes.txt", "w").close()
+    with pytest.raises(ValueError, match="notes.txt"):
+        data.load_source(f"folder:{root}")
+
+
+def test_unknown_scheme_and_missing_path(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'csv:"):
+        data.load_source("csv:/somewhere")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load_source(str(tmp_path))
+    with pytest.raises(ValueError, match="names no path"):
+        data.load_source("folder:")
+    with pytest.raises(FileNotFoundError, match="does_not_exist"):
+        data.load_source(f"folder:{tmp_path}/does_not_exist")
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        data.load_source(f"npz:{tmp_path}/nothing.npz")
+
+
+def test_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {"x_train": rng.integers(0, 256, (6, 5, 4, 3), dtype=np.uint8),
+              "y_train": np.array([[0], [1], [2], [0], [1], [2]]),  # Keras-style [N, 1]
+              "x_test": rng.integers(0, 256, (2, 5, 4, 3), dtype=np.uint8), "y_test": np.array([2, 0])}
+    np.savez(tmp_path / "d.npz", **arrays)
+    source = data.load_source(f"npz:{tmp_path}/d.npz")
+    assert source.num_classes == 3 and source.image_shape == (5, 4, 3) and source.channels == 3
+    np.testing.assert_array_equal(source.labels("train"), arrays["y_train"][:, 0])
+    test = collect(source.examples("test"))
+    np.testing.assert_array_equal(test[1][0], arrays["x_test"][1])
+    assert [(e[1], e[2]) for e in test] == [(2, 0), (0, 1)]
+
+    np.savez(tmp_path / "gray.npz", x_train=arrays["x_train"][..., 0], y_train=[0] * 6,
+             x_test=arrays["x_test"][..., 0], y_test=[0, 0])
+    assert data.load_source(f"npz:{tmp_path}/gray.npz").image_shape == (5, 4, 1)
+    np.savez(tmp_path / "float.npz", **{**arrays, "x_train": arrays["x_train"] / 255.0})
+    with pytest.raises(ValueError, match="uint8"):
+        data.load_source(f"npz:{tmp_path}/float.npz")
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        array_source().labels("validation")
+
+
+def test_tfds_source_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=20):
+        source = data.load_source("tfds:mnist")
+        assert source.num_classes == 10 and source.image_shape == (28, 28, 1) and source.channels == 1
+        labels = source.labels("train")
+        assert labels.shape == (20,) and labels.dtype == np.int64
+        examples = collect(source.examples("train", np.array([2, 5, 11])))
+        assert [(e[1], e[2]) for e in examples] == [(labels[2], 0), (labels[5], 1), (labels[11], 2)]
+        assert examples[0][0].shape == (28, 28, 1) and examples[0][0].dtype == np.uint8
+        assert len(collect(source.examples("test"))) == len(source.labels("test"))
+        with pytest.raises(ValueError, match="strictly increasing"):
+            source.examples("train", np.array([5, 2]))
+        selection = data.select_examples(labels, 1.0)
+        batch = next(iter(data.train_dataset(source, selection, 4, 24)))
+        assert batch[0].shape == (4, 24, 24, 1)
+        np.testing.assert_array_equal(batch[1], selection.labels[batch[2].numpy()])
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST idx files not installed")
+def test_real_fashion_mnist():
+    source = data.load_source(f"idx:{FASHION_MNIST}")
+    assert len(source.labels("train")) == 60000 and len(source.labels("test")) == 10000
+    assert np.all(np.bincount(source.labels("train")) == 6000)
+    assert source.image_shape == (28, 28, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# select_examples
+
+
+def unbalanced_labels():
+    return np.repeat(np.arange(4), [100, 60, 30, 10])
+
+
+def test_selection_is_class_balanced():
+    labels = unbalanced_labels()
+    selection = data.select_examples(labels, 0.1)
+    counts = np.bincount(selection.labels[selection.is_labelled], minlength=4)
+    np.testing.assert_array_equal(counts, [10, 6, 3, 1])
+    assert len(selection.rows) == len(labels)  # q = 1 keeps everything
+    np.testing.assert_array_equal(selection.labels, labels[selection.rows])
+
+
+def test_selection_keeps_all_labelled_under_partial_q():
+    labels = unbalanced_labels()
+    full = data.select_examples(labels, 0.1, seed=3)
+    partial = data.select_examples(labels, 0.1, kept_fraction=0.3, seed=3)
+    assert len(partial.rows) == round(0.3 * len(labels))
+    assert np.all(np.diff(partial.rows) > 0)
+    np.testing.assert_array_equal(partial.rows[partial.is_labelled], full.rows[full.is_labelled])
+
+
+def test_selection_is_a_function_of_its_seed():
+    labels = unbalanced_labels()
+    first = data.select_examples(labels, 0.1, 0.5, seed=1)
+    again = data.select_examples(labels, 0.1, 0.5, seed=1)
+    other = data.select_examples(labels, 0.1, 0.5, seed=2)
+    np.testing.assert_array_equal(first.rows, again.rows)
+    np.testing.assert_array_equal(first.is_labelled, again.is_labelled)
+    assert not np.array_equal(first.rows[first.is_labelled], other.rows[other.is_labelled])
+
+
+def test_selection_errors():
+    labels = unbalanced_labels()
+    with pytest.raises(ValueError, match="'bee'.*0.05"):
+        data.select_examples(labels, 0.04, class_names=["ant", "fly", "moth", "bee"])
+    with pytest.raises(ValueError, match="'wasp'.*no training examples"):
+        data.select_examples(labels, 0.5, class_names=["ant", "fly", "moth", "bee", "wasp"])
+    with pytest.raises(ValueError, match="label 3 but only 2 class names"):
+        data.select_examples(labels, 0.5, class_names=["ant", "fly"])
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        data.select_examples(labels, 0.0)
+    with pytest.raises(ValueError, match="kept_fraction"):
+        data.select_examples(labels, 0.1, kept_fraction=1.5)
+    with pytest.raises(ValueError, match="fewer than the"):
+        data.select_examples(labels, 0.5, kept_fraction=0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# train_dataset, eval_dataset, preprocess_for_eval
+
+
+def epoch_indices(dataset):
+    return np.concatenate([indices for _, _, indices in dataset.as_numpy_iterator()])
+
+
+def test_train_dataset_batches():
+    source = array_source()
+    selection = data.select_examples(source.labels("train"), 0.2, kept_fraction=0.8)
+    dataset = data.train_dataset(source, selection, batch_size=8, image_size=6)
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == 40 // 8
+    images, labels, indices = batches[0]
+    assert images.shape == (8, 6, 6, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int64 and indices.dtype == np.int64
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    all_indices = np.concatenate([b[2] for b in batches])
+    np.testing.assert_array_equal(np.sort(all_indices), np.arange(40))  # each bank row once
+    for _, labels, indices in batches:
+        np.testing.assert_array_equal(labels, selection.labels[indices])
+
+
+def test_train_dataset_drops_the_remainder_and_reshuffles():
+    source = array_source()
+    selection = data.select_examples(source.labels("train"), 0.2)
+    dataset = data.train_dataset(source, selection, batch_size=8, image_size=8)
+    first, second = epoch_indices(dataset), epoch_indices(dataset)
+    assert len(first) == 48 and len(set(first)) == 48 and set(first) <= set(range(50))
+    assert not np.array_equal(first, second)
+
+
+def test_train_dataset_without_augmentation_keeps_the_content():
+    source = array_source()
+    selection = data.select_examples(source.labels("train"), 0.2, kept_fraction=0.6)
+    for images, _, indices in data.train_dataset(source, selection, 5, 8, augment=False):
+        rows_seen = np.round(images.numpy()[:, 0, 0, 0] * 255)
+        np.testing.assert_array_equal(rows_seen, selection.rows[indices.numpy()])
+
+
+def test_train_dataset_labelled_only():
+    source = array_source()
+    selection = data.select_examples(source.labels("train"), 0.4, kept_fraction=0.5)
+    dataset = data.train_dataset(source, selection, batch_size=4, image_size=8, labelled_only=True)
+    indices = epoch_indices(dataset)
+    labelled = np.flatnonzero(selection.is_labelled)
+    assert len(indices) == len(labelled) // 4 * 4
+    assert set(indices) <= set(labelled) and len(set(indices)) == len(indices)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)
+
+
+def test_train_dataset_is_reproducible_from_its_seed():
+    source = array_source(shape=(12, 12, 3))
+    selection = data.select_examples(source.labels("train"), 0.2)
+
+    def first_batch(seed):
+        return next(iter(data.train_dataset(source, selection, 8, 10, seed=seed)))
+
+    a, b, c = first_batch(0), first_batch(0), first_batch(1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not np.array_equal(a[2], c[2])
+
+
+def test_train_dataset_augments_differently_each_epoch():
+    source = array_source(num_train=10, shape=(12, 12, 3))
+    source._images["train"] = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    selection = data.select_examples(source.labels("train"), 0.5)
+    dataset = data.train_dataset(source, selection, batch_size=10, image_size=10)
+    epochs = []
+    for images, _, indices in dataset.repeat(2):
+        epochs.append(images.numpy()[np.argsort(indices.numpy())])
+    assert not np.allclose(epochs[0], epochs[1])
+
+
+def test_train_dataset_on_a_folder_of_mixed_sizes(tmp_path):
+    source = data.load_source(f"folder:{make_folder_dataset(str(tmp_path))}")
+    selection = data.select_examples(source.labels("train"), 0.5, class_names=source.class_names)
+    images, labels, indices = next(iter(data.train_dataset(source, selection, 4, 16)))
+    assert images.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(labels, selection.labels[indices.numpy()])
+
+
+def test_eval_dataset_keeps_order_and_remainder():
+    source = array_source(num_test=10)
+    batches = list(data.eval_dataset(source, "test", batch_size=4, image_size=8).as_numpy_iterator())
+    assert [len(b[2]) for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), source.labels("test"))
+    np.testing.assert_allclose(batches[2][0][:, 0, 0, 0], np.array([8, 9]) / 255.0)
+
+
+def test_eval_dataset_resizes_mixed_sizes(tmp_path):
+    source = data.load_source(f"folder:{make_folder_dataset(str(tmp_path))}")
+    images, labels, _ = next(iter(data.eval_dataset(source, "train", 16, 12)))
+    assert images.shape == (7, 12, 12, 3)
+    np.testing.assert_array_equal(labels, source.labels("train"))
+
+
+def test_preprocess_for_eval_identity_and_central_crop():
+    batch = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_allclose(data.preprocess_for_eval(batch, 8), batch / 255.0, atol=1e-6)
+
+    wide = np.zeros((1, 4, 8, 1), np.uint8)
+    wide[:, :, 2:6] = 255  # the central 4x4 square is white, the sides black
+    out = data.preprocess_for_eval(wide, 4)
+    assert out.shape == (1, 4, 4, 1)
+    np.testing.assert_allclose(out, 1.0, atol=1e-6)
+
+    exported = tf.function(lambda images: data.preprocess_for_eval(images, 4),
+                           input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    assert exported(tf.zeros([3, 9, 5, 3], tf.uint8)).shape == (3, 4, 4, 3)
+    assert data.preprocess_for_eval(tf.zeros([9, 5, 3], tf.uint8), 4).shape == (4, 4, 3)
