@@ -63,7 +63,9 @@ def top_k_neighbours(bank, query_rows, key_rows, k, tau, key_bias=None, exclude_
     bank = tf.convert_to_tensor(bank)
     query_rows = tf.convert_to_tensor(query_rows, tf.int32)
     key_rows = tf.convert_to_tensor(key_rows, tf.int32)
-    keys = tf.gather(bank, key_rows)
+    # Density searches all rows: use the bank itself rather than a copy of it.
+    all_rows = key_rows.shape[0] == bank.shape[0] and bool(tf.reduce_all(key_rows == tf.range(bank.shape[0])))
+    keys = bank if all_rows else tf.gather(bank, key_rows)
     if key_bias is None:
         key_bias = tf.zeros([tf.shape(keys)[0]], bank.dtype)
     key_bias = tf.cast(key_bias, bank.dtype)

@@ -41,7 +41,8 @@ def read_features(path):
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError(f"{path}: {int((norms == 0).sum())} embedding rows are all zero")
-    return embeddings / norms, labels
+    embeddings /= norms  # in place: at N = 1M rows a copy is half a gigabyte
+    return embeddings, labels
 
 
 def main(argv):
