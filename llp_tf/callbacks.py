@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import propagation
+from llp_tf import aggregation, propagation
 
 
 class PropagationCallback(keras.callbacks.Callback):
@@ -71,16 +71,19 @@ def pseudo_label_accuracy(labels, hidden_labels, is_labelled):
 
 
 class SummaryCallback(keras.callbacks.Callback):
-    """Writes every epoch's logs as TensorBoard scalars with the model's own writer.
+    """The one writer of TensorBoard summaries: every epoch's logs as scalars, plus the aggregation
+    metric of the bank (paper Fig. 2b-c) and the confidence histogram.
 
     The step is the optimizer's iteration count, so curves of runs with different phases and resumed
     runs line up. Keys "val_x" are written as "val/x", keys holding a "/" as they are, others as
-    "train/x".
+    "train/x". hidden_labels (true labels of every bank row) feed only the aggregation diagnostic.
     """
 
-    def __init__(self, logdir):
+    def __init__(self, logdir, num_classes, hidden_labels=None):
         super().__init__()
         self.writer = tf.summary.create_file_writer(logdir)
+        self.num_classes = num_classes
+        self.hidden_labels = hidden_labels
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -89,9 +92,22 @@ class SummaryCallback(keras.callbacks.Callback):
             tf.summary.scalar("learning_rate", current_learning_rate(self.model.optimizer))
             for key, value in (logs or {}).items():
                 if np.ndim(value) == 0:
-                    name = summary_name(key)
-                    tf.summary.scalar(name, float(value))
+                    tf.summary.scalar(summary_name(key), float(value))
+            self._write_state_summaries()
         self.writer.flush()
+
+    def _write_state_summaries(self):
+        state = self.model.state
+        is_labelled = state.is_labelled.numpy()
+        if self.hidden_labels is not None:
+            summary = aggregation.aggregation_summary(
+                tf.convert_to_tensor(state.bank), self.hidden_labels, is_labelled, self.num_classes)
+            for name in ("aggregation/norm_mean", "aggregation/norm_mean_labelled"):
+                tf.summary.scalar(name, summary[name])
+            norms = summary["class_norms"]
+            tf.summary.histogram("aggregation/class_norms", norms[np.isfinite(norms)])
+        if self.model.phase == "llp" and (~is_labelled).any():
+            tf.summary.histogram("propagation/confidence", state.confidences.numpy()[~is_labelled])
 
 
 def current_learning_rate(optimizer):

@@ -149,7 +149,8 @@ def train(config: TrainConfig) -> dict:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         f.write(config.to_json())
     start_epoch = restore(run)
-    callbacks = [CheckpointCallback(run), SummaryCallback(os.path.join(config.workdir, "tensorboard"))]
+    callbacks = [CheckpointCallback(run), SummaryCallback(
+        os.path.join(config.workdir, "tensorboard"), run.num_classes, run.selection.labels)]
     propagator = None
     if config.method == "llp":
         propagator = PropagationCallback(

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from llp_tf import propagation
@@ -59,7 +60,17 @@ def test_llp_train_end_to_end_on_two_replicas(tiny_npz, tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
     # The classes are easy: the bank's propagation must beat chance (0.25) by far.
     assert metrics["pseudo_label_accuracy"] > 0.5
-    assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+    norms = scalar_series(workdir / "tensorboard", "aggregation/norm_mean")
+    assert len(norms) == 3 and all(0.0 <= v <= 1.0 for v in norms)  # one point per epoch
+    assert len(scalar_series(workdir / "tensorboard", "propagation/pseudo_label_accuracy")) == 3
+
+
+def scalar_series(logdir, tag):
+    """Values of one scalar tag, in step order, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
 
 
 def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
