@@ -7,7 +7,7 @@ backbone here ends in global average pooling. Backbones:
   ImageNet stem, as used in the paper. ``resnet50v2`` reproduces ``keras.applications.ResNet50V2``'s
   layout (and parameter count) exactly.
 - ``cifar_resnet20`` / ``cifar_resnet56``: pre-activation CIFAR ResNets (depth 6n+2) for 32x32 images.
-- ``small_cnn``: a fast conv net for 28x28 images (Fashion-MNIST and the like), for CPU experiments.
+- ``small_cnn``: a fast conv net (93k parameters) for 28x28 images (Fashion-MNIST and the like), for CPU experiments.
 
 All layers take their dtype from the global Keras dtype policy, so the backbones run under mixed
 precision; the pooled output is then in the compute dtype and callers cast it as they need.
@@ -162,9 +162,13 @@ def _cifar_resnet(blocks_per_stage: int, name: str) -> Callable[..., keras.Model
 
 
 def _small_cnn(input_shape, weight_decay: float, width: int) -> keras.Model:
-    """conv32-conv32-pool-conv64-conv64-pool-conv128-GAP, each conv followed by BN-ReLU."""
+    """conv32-pool-conv64-pool-conv128-GAP, each conv followed by BN-ReLU.
+
+    Pooling early keeps it at 7.4M multiply-adds per 28x28 image (93k parameters), fast enough to
+    train on Fashion-MNIST on 2 CPU cores in minutes.
+    """
     inputs, x = _input_and_centring(input_shape)
-    for group, filters_in_group in enumerate([(32, 32), (64, 64), (128,)], start=1):
+    for group, filters_in_group in enumerate([(32,), (64,), (128,)], start=1):
         if group > 1:
             x = layers.MaxPooling2D(2, name=f"pool{group - 1}")(x)
         for index, filters in enumerate(filters_in_group, start=1):
