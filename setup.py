@@ -27,6 +27,8 @@ setup(
         "console_scripts": [
             "llp-train=llp_tf.tools.train:run",
             "llp-propagate=llp_tf.tools.propagate:run",
+            "llp-export=llp_tf.tools.export:run",
+            "llp-eval=llp_tf.tools.evaluate:run",
         ],
     },
 )

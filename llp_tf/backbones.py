@@ -60,7 +60,10 @@ def _conv(x, filters: int, kernel_size: int, stride: int, weight_decay: float, n
 
 
 def _bn_relu(x, name: str):
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    # synchronized: batch statistics over the global batch under a distribution strategy. Keras 3
+    # keeps unsynchronized moving statistics per replica, so replicas (and checkpoints) would differ.
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True,
+                                  name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

@@ -1,4 +1,6 @@
-"""Evaluation from the memory bank: weighted-kNN top-1 of held-out embeddings (Wu et al. 2018)."""
+"""Evaluation: weighted-kNN top-1 of held-out embeddings from the memory bank (Wu et al. 2018), and the
+whole evaluation of a trained run's workdir that llp-eval (tools/evaluate.py) writes: classifier top-1 /
+top-5, kNN top-1, per-class accuracy and the confusion matrix, from one pass of the network."""
 import numpy as np
 import tensorflow as tf
 
@@ -34,3 +36,94 @@ def knn_top1(state, eval_embeddings, eval_labels, num_classes, k=200, tau=0.07):
     labels = state.labels.numpy()[is_labelled]
     predicted = knn_predict(bank, labels, eval_embeddings, num_classes, k, tau)
     return float(np.mean(predicted == eval_labels))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluating a trained run (llp-eval)
+
+EVAL_SPLITS = ("test", "train")
+TOP_K = 5
+
+
+def embed_and_classify(model, dataset, top_k=TOP_K):
+    """One pass of the network over a dataset of (images, labels, indices):
+    (embeddings [n, D] float32, top classes [n, min(top_k, Q)] int64 best first, labels [n] int64).
+
+    A single tf.function gives both heads, and only the top classes leave it, so the memory is
+    n * (D + top_k) numbers whatever the number of classes. Ties go to the lower class id (as argmax).
+    """
+    top_k = min(top_k, int(model.num_classes))
+
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        outputs = model(images, training=False)
+        _, classes = tf.math.top_k(tf.cast(outputs["logits"], tf.float32), k=top_k)
+        return tf.cast(outputs["embeddings"], tf.float32), tf.cast(classes, tf.int64)
+
+    embeddings, classes, labels = [], [], []
+    for images, batch_labels, _ in dataset:
+        batch_embeddings, batch_classes = step(images)
+        embeddings.append(batch_embeddings.numpy())
+        classes.append(batch_classes.numpy())
+        labels.append(batch_labels.numpy())
+    if not labels:
+        raise ValueError("the evaluation split holds no examples")
+    return np.concatenate(embeddings), np.concatenate(classes), np.concatenate(labels).astype(np.int64)
+
+
+def confusion_matrix(labels, predicted, num_classes):
+    """int64 [Q, Q]: row = true class, column = predicted class."""
+    labels = np.asarray(labels, np.int64)
+    predicted = np.asarray(predicted, np.int64)
+    return np.bincount(labels * num_classes + predicted,
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def evaluate_model(model, dataset, class_names, knn_k=200, tau=0.07) -> dict:
+    """Classifier top-1 / top-5, weighted-kNN top-1 from the bank's labelled rows, per-class accuracy
+    and the confusion matrix of `model` (an LLPModel with its state) on `dataset`, from one pass."""
+    num_classes = int(model.num_classes)
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    embeddings, top_classes, labels = embed_and_classify(model, dataset)
+    predicted = top_classes[:, 0]
+    matrix = confusion_matrix(labels, predicted, num_classes)
+    counts = matrix.sum(axis=1)
+    per_class = [{"class": c, "name": str(class_names[c]), "num_examples": int(counts[c]),
+                  "accuracy": float(matrix[c, c] / counts[c]) if counts[c] else None}
+                 for c in range(num_classes)]
+    num_labelled = int(np.sum(model.state.is_labelled.numpy()))
+    return {
+        "num_examples": int(len(labels)),
+        "num_classes": num_classes,
+        "top1": float(np.mean(predicted == labels)),
+        "top5": float(np.mean(np.any(top_classes == labels[:, None], axis=1)))
+        if num_classes > TOP_K else None,
+        "knn_top1": knn_top1(model.state, embeddings, labels, num_classes, k=knn_k, tau=tau),
+        "knn_k": min(int(knn_k), num_labelled),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def evaluate_workdir(workdir, checkpoint=None, split="test") -> dict:
+    """Restores the run in `workdir` (its latest checkpoint, or `checkpoint`: a prefix such as
+    WORKDIR/checkpoints/ckpt-3, or a directory of checkpoints) and evaluates it on `split`.
+
+    split "test" is the held-out split (the one training reports as val_top1); "train" is every example
+    of the training split, where knn_top1 is optimistic: the labelled examples are in the bank.
+    The run is rebuilt from workdir/config.json on one device in float32 (llp_tf.export.restore_model),
+    so its dataset must still be readable. Returns the dict llp-eval writes as JSON.
+    """
+    from llp_tf import data, export  # here, not at the top: llp_tf.train imports this module
+
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(EVAL_SPLITS)}")
+    config = export.load_config(workdir)  # a missing workdir or config.json fails before the rest
+    path = export.checkpoint_path(workdir, checkpoint)  # resolved once: training may save meanwhile
+    model, run = export.restore_model(workdir, path)
+    dataset = data.eval_dataset(run.source, split, config.batch_size, run.image_size)
+    results = evaluate_model(model, dataset, run.source.class_names, knn_k=config.eval_knn_k,
+                             tau=config.tau)
+    return {"workdir": workdir, "checkpoint": path, "epoch": int(model.state.completed_epochs.numpy()),
+            "split": split, "dataset": config.dataset, "method": config.method, **results}

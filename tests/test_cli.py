@@ -3,8 +3,6 @@ llp-propagate, and every flagfile in flags/."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,25 +10,9 @@ import tensorflow as tf
 from absl import flags
 
 from llp_tf import propagation
+from llp_tf.tools import train as train_tool
+from tests.conftest import ROOT, TINY, run_tool
 from tests.datasets import write_npz
-from tools import train as train_tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--backbone=small_cnn", "--width=1", "--batch_size=32", "--labelled_fraction=0.1",
-        "--k=5", "--t=10", "--eval_knn_k=20", "--learning_rate=0.05", "--verbose=0"]
-
-
-def run_tool(module, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                            cwd=ROOT, timeout=600)
-    if check and result.returncode:
-        raise AssertionError(f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))),
@@ -45,10 +27,8 @@ def test_flagfile_parses_into_a_valid_config(path, monkeypatch):
     assert config.dataset
 
 
-def test_llp_train_end_to_end_on_two_replicas(tiny_npz, tmp_path):
-    workdir = tmp_path / "llp"
-    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
-             "--epochs=3", "--instance_epochs=1", "--strategy=mirrored", "--cpu_replicas=2")
+def test_llp_train_end_to_end_on_two_replicas(tiny_llp_run):
+    workdir = tiny_llp_run
     metrics = json.loads((workdir / "metrics.json").read_text())
     for key in ("method", "dataset", "num_labelled", "epochs", "wall_seconds", "val_top1", "val_top5",
                 "knn_top1", "pseudo_label_accuracy"):

@@ -1,0 +1,192 @@
+"""llp-export end to end: a tiny trained run exported by the command line, reloaded with
+tf.saved_model.load and compared with the Keras model restored from the same checkpoint; the SavedModel
+holds no per-example training state; bad inputs are rejected or flagged."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from llp_tf import export
+from llp_tf.data import preprocess_for_eval
+from tests.datasets import write_npz
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_TRAIN, SIZE, NUM_CLASSES = 480, 12, 4
+ATOL = 1e-5
+
+
+def run_tool(module, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    if check and result.returncode:
+        raise AssertionError(f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(npz path, workdir, export dir, llp-export's stdout) of a 2-epoch LLP run exported by the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    npz = write_npz(root / "tiny.npz", num_train=NUM_TRAIN, size=SIZE, num_classes=NUM_CLASSES)
+    workdir, export_dir = str(root / "run"), str(root / "exported")
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{npz}", f"--workdir={workdir}", "--backbone=small_cnn",
+             "--width=1", "--batch_size=32", "--labelled_fraction=0.1", "--k=5", "--t=10",
+             "--eval_knn_k=20", "--epochs=2", "--instance_epochs=1", "--verbose=0")
+    result = run_tool("llp_tf.tools.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
+    return npz, workdir, export_dir, result.stdout
+
+
+@pytest.fixture(scope="module")
+def keras_model(trained):
+    _, workdir, _, _ = trained
+    model, run = export.restore_model(workdir)
+    return model, run
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    return tf.saved_model.load(trained[2])
+
+
+@pytest.fixture(scope="module")
+def test_images(trained):
+    with np.load(trained[0]) as npz:
+        return npz["x_test"][:6]  # uint8 [6, 12, 12, 1]
+
+
+def expected(model, images):
+    outputs = model(preprocess_for_eval(images, SIZE), training=False)
+    return {"probabilities": tf.nn.softmax(outputs["logits"]).numpy(),
+            "classes": np.argmax(outputs["logits"].numpy(), axis=-1),
+            "embeddings": outputs["embeddings"].numpy()}
+
+
+def assert_matches(outputs, reference):
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), reference["probabilities"], atol=ATOL)
+    np.testing.assert_allclose(outputs["embeddings"].numpy(), reference["embeddings"], atol=ATOL)
+    np.testing.assert_array_equal(outputs["classes"].numpy(), reference["classes"])
+
+
+def test_cli_wrote_the_saved_model_and_class_names(trained, keras_model, loaded):
+    _, workdir, export_dir, stdout = trained
+    _, run = keras_model
+    assert "ckpt-2" in stdout and export_dir in stdout and "class_names.txt" in stdout
+    assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+    with open(os.path.join(export_dir, "assets", "class_names.txt")) as f:
+        assert f.read().splitlines() == run.source.class_names
+    assert [n.decode() for n in loaded.class_names().numpy()] == run.source.class_names
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+
+
+def test_serving_default_matches_the_keras_model(keras_model, loaded, test_images):
+    model, _ = keras_model
+    outputs = loaded.signatures["serving_default"](images=tf.constant(test_images))
+    assert outputs["probabilities"].dtype == tf.float32 and outputs["classes"].dtype == tf.int64
+    assert outputs["probabilities"].shape == (6, NUM_CLASSES) and outputs["embeddings"].shape == (6, 128)
+    assert_matches(outputs, expected(model, test_images))
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_serving_default_resizes_other_sizes(keras_model, loaded):
+    model, _ = keras_model
+    images = np.random.default_rng(0).integers(0, 256, (3, 20, 30, 1)).astype(np.uint8)
+    outputs = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert_matches(outputs, expected(model, images))
+
+
+def test_serving_bytes_matches_the_keras_model(keras_model, loaded, test_images):
+    model, _ = keras_model
+    encoded = tf.stack([tf.io.encode_png(image) for image in test_images])
+    outputs = loaded.signatures["serving_bytes"](image_bytes=encoded)
+    assert outputs["valid"].numpy().all()
+    assert_matches(outputs, expected(model, test_images))
+
+
+def test_undecodable_bytes_are_flagged_not_fatal(keras_model, loaded, test_images):
+    model, _ = keras_model
+    png = [tf.io.encode_png(image).numpy() for image in test_images[:2]]
+    truncated = png[0][:40]  # a PNG signature and header, then nothing
+    batch = tf.constant([png[0], b"not an image", truncated, png[1]])
+    outputs = loaded.signatures["serving_bytes"](image_bytes=batch)
+    np.testing.assert_array_equal(outputs["valid"].numpy(), [True, False, False, True])
+    np.testing.assert_array_equal(outputs["classes"].numpy()[1:3], [-1, -1])
+    assert not outputs["probabilities"].numpy()[1:3].any() and not outputs["embeddings"].numpy()[1:3].any()
+    good = expected(model, test_images[:2])
+    assert_matches({key: tf.gather(outputs[key], [0, 3]) for key in good}, good)
+    empty = loaded.signatures["serving_bytes"](image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, NUM_CLASSES) and empty["valid"].shape == (0,)
+
+
+def test_wrong_dtype_and_channel_count_are_rejected(loaded, test_images):
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
+        serve(images=tf.constant(test_images.astype(np.float32) / 255))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="channel"):
+        serve(images=tf.constant(np.repeat(test_images, 3, axis=-1)))
+    # The restored tf.function checks its TensorSpec before running anything.
+    with pytest.raises(TypeError, match="TensorSpec"):
+        loaded.serve(tf.constant(np.repeat(test_images, 3, axis=-1)))
+    with pytest.raises(TypeError, match="TensorSpec"):
+        loaded.serve(tf.constant(test_images.astype(np.float32)))
+
+
+def test_saved_model_cli_lists_both_signatures(trained):
+    result = run_tool("tensorflow.python.tools.saved_model_cli", "show", "--dir", trained[2], "--all")
+    listing = result.stdout
+    for name in ("signature_def['serving_default']", "signature_def['serving_bytes']",
+                 "inputs['images']", "inputs['image_bytes']", "outputs['probabilities']",
+                 "outputs['classes']", "outputs['embeddings']", "outputs['valid']"):
+        assert name in listing, name
+    assert "DT_UINT8" in listing and "shape: (-1, -1, -1, 1)" in listing
+    assert f"shape: (-1, {NUM_CLASSES})" in listing and "shape: (-1, 128)" in listing
+
+
+def test_export_holds_no_training_state(trained, keras_model):
+    _, _, export_dir, _ = trained
+    model, run = keras_model
+    assert model.state.bank.shape[0] == NUM_TRAIN  # what must not be exported
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    exported = {name: shape for name, shape in shapes.items() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert exported
+    for name, shape in exported.items():
+        assert not (shape and shape[0] == NUM_TRAIN), (name, shape)
+        assert not re.search(r"bank|labels|confidence|density|state|optimizer|iteration", name), name
+    # Exactly the backbone's and the heads' weights, nothing else.
+    weights = model.backbone.weights + model.embedding_head.weights + model.classifier.weights
+    assert len(exported) == len(weights)
+    assert sorted(tuple(s) for s in exported.values()) == sorted(tuple(w.shape) for w in weights)
+
+
+def test_clear_errors(trained, tmp_path):
+    _, workdir, export_dir, _ = trained
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export.restore_model(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export.restore_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ckpt-9"):
+        export.restore_model(workdir, os.path.join(workdir, "checkpoints", "ckpt-9"))
+    # A config that builds another network than the checkpoint holds.
+    other = tmp_path / "other"
+    shutil.copytree(os.path.join(workdir, "checkpoints"), other / "checkpoints")
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    (other / "config.json").write_text(json.dumps({**config, "width": 2}))
+    with pytest.raises(ValueError, match="does not fit"):
+        export.restore_model(str(other))
+    without_checkpoints = tmp_path / "fresh"
+    without_checkpoints.mkdir()
+    (without_checkpoints / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export.restore_model(str(without_checkpoints))
+    # The command line refuses to write over an existing export.
+    result = run_tool("llp_tf.tools.export", f"--workdir={workdir}", f"--export_dir={export_dir}",
+                      check=False)
+    assert result.returncode != 0
+    assert "llp-export:" in result.stderr and "not an empty directory" in result.stderr

@@ -1,0 +1,54 @@
+"""llp-export: writes the serving SavedModel of a trained run (backbone and heads, no memory bank).
+
+  llp-export --workdir=runs/my_run --export_dir=exported/my_run [--checkpoint=runs/my_run/checkpoints/ckpt-7]
+
+The run is rebuilt from WORKDIR/config.json (its training dataset must still be readable: it gives the
+image size, channels and class names) and restored from its latest checkpoint, or from --checkpoint.
+Signatures: serving_default (uint8 images [B, h, w, C]) and serving_bytes (encoded JPEG/PNG strings
+[B]); both give probabilities, classes and embeddings, serving_bytes also `valid`. See llp_tf/export.py.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
+flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist, or be empty)")
+flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to export; default: the latest")
+flags.mark_flags_as_required(["workdir", "export_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"llp-export: unexpected arguments {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines about saving are noise here
+    from llp_tf import export  # imports TensorFlow
+
+    try:
+        export.check_export_dir(FLAGS.export_dir)  # before the slow restore
+        model, run = export.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+        path = export.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # the one just restored
+        image_shape = (run.image_size, run.image_size, run.source.channels)
+        module = export.export_saved_model(model, FLAGS.export_dir, image_shape, run.source.class_names)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"llp-export: {error}")
+    class_names = run.source.class_names
+    shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+    print(f"restored {path}")
+    print(f"wrote SavedModel to {FLAGS.export_dir}")
+    print(f"  serving_default: images uint8 [B, h, w, {module.channels}] "
+          f"(resized to {module.image_size}x{module.image_size}) -> probabilities [B, {module.num_classes}], "
+          f"classes [B], embeddings [B, {module.embedding_dim}]")
+    print("  serving_bytes: image_bytes string [B] (JPEG/PNG) -> the same, and valid [B]")
+    print(f"  {os.path.join(FLAGS.export_dir, 'assets', export.CLASS_NAMES_FILE)}: "
+          f"{len(class_names)} classes ({shown})")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
