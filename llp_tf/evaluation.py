@@ -7,16 +7,6 @@ import tensorflow as tf
 from llp_tf import propagation
 
 
-def embed(model, dataset):
-    """(embeddings [n, D] float32, labels [n] int64) of a dataset of (images, labels, indices)."""
-    step = tf.function(lambda images: model(images, training=False)["embeddings"])
-    embeddings, labels = [], []
-    for images, batch_labels, _ in dataset:
-        embeddings.append(step(images).numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(embeddings), np.concatenate(labels).astype(np.int64)
-
-
 def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau, chunks=propagation.Chunks()):
     """Weighted-kNN labels of queries against labelled bank rows (the plain vote of Eq. 5-6)."""
     k = min(k, len(bank_rows))

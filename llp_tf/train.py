@@ -74,11 +74,14 @@ class Run:
         values = [config.learning_rate * config.lr_drop_factor ** i for i in range(len(boundaries) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
-    def train_dataset(self):
+    def train_dataset(self, first_epoch):
+        """Batches from first_epoch on; the seed moves with the epoch so that a resumed run or a new
+        phase does not replay the shuffles and augmentations of epoch 0."""
         config = self.config
+        seed = int(np.random.SeedSequence([config.seed, first_epoch]).generate_state(1)[0])
         return data.train_dataset(
             self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
-            seed=config.seed, labelled_only=config.method == "supervised").repeat()
+            seed=seed, labelled_only=config.method == "supervised").repeat()
 
     def eval_dataset(self, split="test"):
         return data.eval_dataset(self.source, split, self.config.batch_size, self.image_size)
@@ -161,7 +164,7 @@ def train(config: TrainConfig) -> dict:
         callbacks.insert(0, propagator)  # propagate before the epoch's checkpoint and summaries
     for phase, first, last in phase_plan(config, start_epoch):
         run.model.phase = phase
-        run.model.fit(run.train_dataset(), initial_epoch=first, epochs=last,
+        run.model.fit(run.train_dataset(first), initial_epoch=first, epochs=last,
                       steps_per_epoch=run.steps_per_epoch, validation_data=run.eval_dataset(),
                       callbacks=callbacks, verbose=config.verbose)
     metrics = final_metrics(run, propagator)
@@ -206,8 +209,8 @@ def check_checkpoint_shapes(path, state):
 
 def final_metrics(run: Run, propagator) -> dict:
     config, model = run.config, run.model
-    results = model.evaluate(run.eval_dataset(), return_dict=True, verbose=0)
-    embeddings, labels = evaluation.embed(model, run.eval_dataset())
+    results = evaluation.evaluate_model(model, run.eval_dataset(), run.source.class_names,
+                                        knn_k=config.eval_knn_k, tau=config.tau)
     state = model.state
     is_labelled = state.is_labelled.numpy()
     metrics = {
@@ -220,10 +223,9 @@ def final_metrics(run: Run, propagator) -> dict:
         "instance_epochs": config.instance_epochs if config.method == "llp" else 0,
         "seed": config.seed,
         "split_seed": config.split_seed,
-        "val_top1": float(results["top1"]),
-        "val_top5": float(results["top5"]) if run.num_classes > 5 else None,
-        "knn_top1": evaluation.knn_top1(state, embeddings, labels, run.num_classes,
-                                        k=config.eval_knn_k, tau=config.tau),
+        "val_top1": results["top1"],
+        "val_top5": results["top5"],
+        "knn_top1": results["knn_top1"],
         "pseudo_label_accuracy": None,
         "pseudo_label_accuracy_history": [],
     }
