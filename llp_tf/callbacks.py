@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import aggregation, propagation
+from llp_tf import aggregation, evaluation, propagation
 
 
 class PropagationCallback(keras.callbacks.Callback):
@@ -68,6 +68,21 @@ def pseudo_label_accuracy(labels, hidden_labels, is_labelled):
     if not unlabelled.any():
         return float("nan")
     return float(np.mean(np.asarray(labels)[unlabelled] == np.asarray(hidden_labels)[unlabelled]))
+
+
+class KnnCallback(keras.callbacks.Callback):
+    """Adds `val_knn_top1` to the epoch's logs: weighted kNN of the eval set's embeddings against the
+    bank's labelled rows (the paper's nearest-neighbour metric, Table 6)."""
+
+    def __init__(self, dataset, k=200, tau=0.07):
+        super().__init__()
+        self.dataset, self.k, self.tau = dataset, k, tau
+
+    def on_epoch_end(self, epoch, logs=None):
+        embeddings, _, labels = evaluation.embed_and_classify(self.model, self.dataset)
+        if logs is not None:
+            logs["val_knn_top1"] = evaluation.knn_top1(
+                self.model.state, embeddings, labels, self.model.num_classes, k=self.k, tau=self.tau)
 
 
 class SummaryCallback(keras.callbacks.Callback):

@@ -13,11 +13,13 @@ import numpy as np
 import tensorflow as tf
 
 from llp_tf import backbones, data, distribute, evaluation, propagation
-from llp_tf.callbacks import PropagationCallback, SummaryCallback, pseudo_label_accuracy
+from llp_tf.callbacks import (KnnCallback, PropagationCallback, SummaryCallback,
+                              pseudo_label_accuracy)
 from llp_tf.config import TrainConfig
 from llp_tf.model import LLPModel, LLPState
 
 SPLIT_FILE = "split.npz"
+FACTS_FILE = "dataset.json"
 METRICS_FILE = "metrics.json"
 
 
@@ -111,18 +113,26 @@ def fill_bank(run: Run):
         run.model.state.bank.scatter_update(tf.IndexedSlices(embed(images), indices))
 
 
-def check_split(workdir, selection):
-    """Saves the labelled split on the first run; on resume, refuses a workdir made with another."""
-    path = os.path.join(workdir, SPLIT_FILE)
-    if not os.path.exists(path):
-        np.savez(path, rows=selection.rows, is_labelled=selection.is_labelled)
+def check_workdir(workdir, run: "Run"):
+    """Records the run's shape and labelled split on the first run; on a rerun, refuses a workdir
+    made for another dataset size, class count, embedding size or split, saying which."""
+    facts = {"dataset": run.config.dataset, "num_examples": int(len(run.selection.rows)),
+             "num_classes": int(run.num_classes), "embedding_dim": int(run.config.embedding_dim)}
+    facts_path, split_path = os.path.join(workdir, FACTS_FILE), os.path.join(workdir, SPLIT_FILE)
+    if not os.path.exists(facts_path):
+        np.savez(split_path, rows=run.selection.rows, is_labelled=run.selection.is_labelled)
+        with open(facts_path, "w") as f:
+            json.dump(facts, f, indent=2)
         return
-    saved = np.load(path)
-    if len(saved["rows"]) != len(selection.rows):
-        raise ValueError(f"{workdir} was made for {len(saved['rows'])} training examples, this run has "
-                         f"{len(selection.rows)}: use another --workdir")
-    if not (np.array_equal(saved["rows"], selection.rows)
-            and np.array_equal(saved["is_labelled"], selection.is_labelled)):
+    with open(facts_path) as f:
+        saved = json.load(f)
+    for key in ("num_examples", "num_classes", "embedding_dim"):
+        if saved[key] != facts[key]:
+            raise ValueError(f"{workdir} was made for {key} = {saved[key]} ({saved['dataset']}), this run "
+                             f"has {key} = {facts[key]}: use another --workdir")
+    split = np.load(split_path)
+    if not (np.array_equal(split["rows"], run.selection.rows)
+            and np.array_equal(split["is_labelled"], run.selection.is_labelled)):
         raise ValueError(f"{workdir} holds another labelled split (other --split_seed, fractions or "
                          "data): use another --workdir")
 
@@ -148,11 +158,12 @@ def train(config: TrainConfig) -> dict:
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
     run = Run(config)
-    check_split(config.workdir, run.selection)
+    check_workdir(config.workdir, run)
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         f.write(config.to_json())
     start_epoch = restore(run)
-    callbacks = [CheckpointCallback(run), SummaryCallback(
+    callbacks = [KnnCallback(run.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
+                 CheckpointCallback(run), SummaryCallback(
         os.path.join(config.workdir, "tensorboard"), run.num_classes, run.selection.labels)]
     propagator = None
     if config.method == "llp":

@@ -43,6 +43,8 @@ def test_llp_train_end_to_end_on_two_replicas(tiny_llp_run):
     norms = scalar_series(workdir / "tensorboard", "aggregation/norm_mean")
     assert len(norms) == 3 and all(0.0 <= v <= 1.0 for v in norms)  # one point per epoch
     assert len(scalar_series(workdir / "tensorboard", "propagation/pseudo_label_accuracy")) == 3
+    knn = scalar_series(workdir / "tensorboard", "val/knn_top1")
+    assert len(knn) == 3 and knn[-1] == pytest.approx(metrics["knn_top1"], abs=1e-6)
 
 
 def scalar_series(logdir, tag):
@@ -73,7 +75,19 @@ def test_workdir_of_another_dataset_size_is_refused(tiny_npz, tmp_path):
     other = write_npz(tmp_path / "other.npz", num_train=320)
     result = run_tool("llp_tf.tools.train", f"--dataset=npz:{other}", *common, check=False)
     assert result.returncode != 0
-    assert "480 training examples" in result.stderr and "320" in result.stderr
+    assert "num_examples = 480" in result.stderr and "num_examples = 320" in result.stderr
+
+
+def test_workdir_of_another_class_count_or_embedding_size_is_refused(tiny_npz, tmp_path):
+    workdir = tmp_path / "llp"
+    common = [f"--workdir={workdir}", *TINY, "--epochs=1", "--instance_epochs=0"]
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *common)
+    five_classes = write_npz(tmp_path / "five.npz", num_classes=5)
+    result = run_tool("llp_tf.tools.train", f"--dataset=npz:{five_classes}", *common, check=False)
+    assert result.returncode != 0 and "num_classes = 4" in result.stderr, result.stderr[-500:]
+    result = run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *common, "--embedding_dim=64",
+                      check=False)
+    assert result.returncode != 0 and "embedding_dim = 128" in result.stderr, result.stderr[-500:]
 
 
 def test_llp_propagate_matches_the_library(tmp_path):
