@@ -9,7 +9,6 @@ Every random draw comes from a stateless op keyed by the per-example `seed`, so 
 function of (image, seed): parallel tf.data maps stay deterministic, and the caller decides how seeds
 change between epochs.
 """
-import itertools
 
 import tensorflow as tf
 

@@ -54,3 +54,12 @@ def tiny_llp_run(tiny_npz, tmp_path_factory):
     run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
              "--epochs=3", "--instance_epochs=1", "--strategy=mirrored", "--cpu_replicas=2")
     return workdir
+
+
+def scalar_series(logdir, tag):
+    """Values of one scalar tag, in step order, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+

@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 
 from llp_tf import propagation
 from llp_tf.tools import train as train_tool
-from tests.conftest import ROOT, TINY, run_tool
+from tests.conftest import ROOT, TINY, run_tool, scalar_series
 from tests.datasets import write_npz
 
 
@@ -45,14 +44,6 @@ def test_llp_train_end_to_end_on_two_replicas(tiny_llp_run):
     assert len(scalar_series(workdir / "tensorboard", "propagation/pseudo_label_accuracy")) == 3
     knn = scalar_series(workdir / "tensorboard", "val/knn_top1")
     assert len(knn) == 3 and knn[-1] == pytest.approx(metrics["knn_top1"], abs=1e-6)
-
-
-def scalar_series(logdir, tag):
-    """Values of one scalar tag, in step order, read back from the event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
-    events.Reload()
-    return [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
 
 
 def test_supervised_baseline_and_resume(tiny_npz, tmp_path):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from llp_tf import evaluation
 from tests.datasets import write_npz
-from tests.test_cli import TINY, run_tool, scalar_series
+from tests.conftest import TINY, run_tool, scalar_series
 
 NUM_TRAIN, NUM_TEST, NUM_CLASSES = 480, 120, 4
 

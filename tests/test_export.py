@@ -5,8 +5,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,32 +12,18 @@ import tensorflow as tf
 
 from llp_tf import export
 from llp_tf.data import preprocess_for_eval
-from tests.datasets import write_npz
+from tests.conftest import run_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_TRAIN, SIZE, NUM_CLASSES = 480, 12, 4
+NUM_TRAIN, SIZE, NUM_CLASSES = 480, 12, 4  # the session's tiny dataset (tests.datasets.write_npz)
 ATOL = 1e-5
 
 
-def run_tool(module, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
-    if check and result.returncode:
-        raise AssertionError(f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(npz path, workdir, export dir, llp-export's stdout) of a 2-epoch LLP run exported by the CLI."""
-    root = tmp_path_factory.mktemp("export")
-    npz = write_npz(root / "tiny.npz", num_train=NUM_TRAIN, size=SIZE, num_classes=NUM_CLASSES)
-    workdir, export_dir = str(root / "run"), str(root / "exported")
-    run_tool("llp_tf.tools.train", f"--dataset=npz:{npz}", f"--workdir={workdir}", "--backbone=small_cnn",
-             "--width=1", "--batch_size=32", "--labelled_fraction=0.1", "--k=5", "--t=10",
-             "--eval_knn_k=20", "--epochs=2", "--instance_epochs=1", "--verbose=0")
-    result = run_tool("llp_tf.tools.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
-    return npz, workdir, export_dir, result.stdout
+def trained(tiny_npz, tiny_llp_run, tmp_path_factory):
+    """(npz path, workdir, export dir, llp-export's stdout) of the session's tiny run exported by the CLI."""
+    export_dir = str(tmp_path_factory.mktemp("export") / "exported")
+    result = run_tool("llp_tf.tools.export", f"--workdir={tiny_llp_run}", f"--export_dir={export_dir}")
+    return tiny_npz, str(tiny_llp_run), export_dir, result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +60,7 @@ def assert_matches(outputs, reference):
 def test_cli_wrote_the_saved_model_and_class_names(trained, keras_model, loaded):
     _, workdir, export_dir, stdout = trained
     _, run = keras_model
-    assert "ckpt-2" in stdout and export_dir in stdout and "class_names.txt" in stdout
+    assert "ckpt-3" in stdout and export_dir in stdout  # the run's last checkpoint and "class_names.txt" in stdout
     assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
     with open(os.path.join(export_dir, "assets", "class_names.txt")) as f:
         assert f.read().splitlines() == run.source.class_names

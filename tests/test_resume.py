@@ -16,7 +16,7 @@ import tensorflow as tf
 from llp_tf import train
 from llp_tf.config import TrainConfig
 from tests.datasets import write_npz
-from tests.test_cli import ROOT
+from tests.conftest import ROOT
 
 EPOCHS, STEPS = 4, 150  # one instance epoch, then three LLP epochs of STEPS steps
 TIMEOUT = 300  # seconds, for any one wait
