@@ -162,17 +162,7 @@ def train(config: TrainConfig) -> dict:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         f.write(config.to_json())
     start_epoch = restore(run)
-    callbacks = [KnnCallback(run.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
-                 CheckpointCallback(run), SummaryCallback(
-        os.path.join(config.workdir, "tensorboard"), run.num_classes, run.selection.labels)]
-    propagator = None
-    if config.method == "llp":
-        propagator = PropagationCallback(
-            run.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
-            include_self=config.density_include_self,
-            chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
-            hidden_labels=run.selection.labels, first_epoch=config.instance_epochs)
-        callbacks.insert(0, propagator)  # propagate before the epoch's checkpoint and summaries
+    callbacks, propagator = make_callbacks(run)
     for phase, first, last in phase_plan(config, start_epoch):
         run.model.phase = phase
         run.model.fit(run.train_dataset(first), initial_epoch=first, epochs=last,
@@ -183,6 +173,24 @@ def train(config: TrainConfig) -> dict:
     with open(os.path.join(config.workdir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
     return metrics
+
+
+def make_callbacks(run: Run):
+    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries; the
+    propagation callback or None)."""
+    config = run.config
+    callbacks = [KnnCallback(run.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
+                 CheckpointCallback(run),
+                 SummaryCallback(os.path.join(config.workdir, "tensorboard"), run.num_classes,
+                                 run.selection.labels)]
+    if config.method != "llp":
+        return callbacks, None
+    propagator = PropagationCallback(
+        run.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
+        include_self=config.density_include_self,
+        chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
+        hidden_labels=run.selection.labels, first_epoch=config.instance_epochs)
+    return [propagator] + callbacks, propagator
 
 
 def phase_plan(config, start_epoch):
