@@ -29,6 +29,7 @@ setup(
             "llp-propagate=llp_tf.tools.propagate:run",
             "llp-export=llp_tf.tools.export:run",
             "llp-eval=llp_tf.tools.evaluate:run",
+            "llp-analyze=llp_tf.tools.analyze:run",
         ],
     },
 )

@@ -13,17 +13,23 @@ writes into the output directory
   summary.txt, summary.json per-class norms, multi-modality, pseudo-label accuracy, the chosen classes
 
 Multi-modality of a class (the paper picks its "Labrador" by eye; this is a reproducible stand-in):
-split the class's bank rows into 2 clusters with spherical k-means (seeded k-means++ start, best of
-RESTARTS, at most ITERATIONS Lloyd steps), then take the mean simplified silhouette of that split with
-cosine distance to the two unit centroids: s = (b - a) / max(a, b), a = 1 - cos(row, own centroid),
-b = 1 - cos(row, other centroid). Near 0: one mode, or a diffuse cloud (the split separates nothing);
-near 1: two well-separated sub-clusters. A plain "within-cluster / within-class cosine" ratio is not
-used: it grows without bound for the most diffuse class, whose class cosine is near 0.
+spherical 2-means (seeded k-means++ start, best of RESTARTS, at most ITERATIONS steps) on a random half
+of the class's bank rows gives an axis, the difference of its two centroids; the other half's rows are
+projected on that axis, and R2, the share of the projections' variance explained by their best split
+into two groups, is rescaled as (R2 - 2/pi) / (1 - 2/pi), 2/pi being R2 of a Gaussian; the halves
+then swap roles and the two values are averaged. About 0: one Gaussian-like mode, a diffuse cloud or
+a class elongated along one direction; 0.38: a uniform segment; about 1: two separated sub-clusters.
+Projecting on one axis keeps a merely elongated class from scoring high (a silhouette of the 2-means
+split does not: it rates an elongated Gaussian above two true clusters), and judging the axis on
+held-out rows keeps 2-means from scoring a split of pure noise (in 128-D, on the rows it is fitted
+to, it finds a sizeable one). A ratio of within-cluster to within-class cosine would grow without
+bound for the most diffuse class.
 
 The bank is read from the workdir's latest checkpoint through export.restore_model (the training data
-must still be readable: it gives the true labels and class names). The functions above the section
-"Figures" need neither matplotlib nor scikit-learn; those are imported inside the functions that use
-them (pip install ".[analysis]"). No flags here: tools/analyze.py is the command line.
+must still be readable: it gives the true labels and class names). TensorFlow, matplotlib (the
+figures) and scikit-learn (mds_embedding) are imported inside the functions that use them (the last
+two: pip install ".[analysis]"); the NumPy functions need none of them. No flags here:
+tools/analyze.py is the command line.
 """
 from __future__ import annotations
 
@@ -33,20 +39,26 @@ import inspect
 import json
 import math
 import os
+import textwrap
 
 import numpy as np
-
-from llp_tf import aggregation
 
 AGGREGATION_TAGS = ("aggregation/norm_mean", "aggregation/norm_mean_labelled")
 EPOCH_TAG = "epoch"
 ITERATIONS = 20  # spherical 2-means Lloyd steps (it usually settles in fewer)
 RESTARTS = 4
+GAUSSIAN_R2 = 2 / math.pi  # best_split_r2 of a large Gaussian sample
+SUPERVISED_NOTE = (
+    "a supervised run trains on the labelled examples only: the bank rows of the unlabelled "
+    "examples keep their initial entries (bank_init) and the embedding head is trained by no loss (weight "
+    "decay only scales it), so its norms over all rows mostly measure the untrained network; its "
+    "labelled-only norms are of the trained backbone through a fixed random head")
 MULTIMODALITY_DEFINITION = (
-    "multi-modality = mean simplified silhouette (cosine distance to the two unit centroids) of a "
-    f"spherical 2-means split of the class's bank rows (seeded k-means++ start, best of {RESTARTS} "
-    f"restarts, <= {ITERATIONS} steps); ~0: one mode or a diffuse cloud, ~1: two separated sub-clusters")
-FIGURES = ("aggregation_curve", "class_norm_histogram", "class_norm_scatter", "mds_classes")
+    "multi-modality: spherical 2-means (seeded) on a random half of the class's bank rows gives an "
+    "axis (the difference of its two centroids); the other half is projected on it, and the share R2 "
+    "of the projections' variance explained by their best split into 2 groups is rescaled as "
+    "(R2 - 2/pi) / (1 - 2/pi); the halves then swap roles and the two values are averaged. "
+    "~0: one Gaussian-like mode (also a diffuse or an elongated class); ~1: two separated sub-clusters")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,7 +80,8 @@ def read_scalars(logdir: str, tags) -> dict:
     found = {tag: {} for tag in tags}
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")), key=_event_file_order):
         try:
-            for event in tf.compat.v1.train.summary_iterator(path):
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
                 for value in event.summary.value:
                     if value.tag not in wanted:
                         continue
@@ -147,32 +160,49 @@ def two_means(rows, seed: int = 0, iterations: int = ITERATIONS, restarts: int =
     return best[1], best[2]
 
 
-def split_silhouette(rows, assignment, centres) -> float:
-    """Mean simplified silhouette of a 2-way split with cosine distances to the unit centroids."""
-    x = unit_rows(rows)
-    similarity = x @ np.asarray(centres, np.float64).T  # [n, 2]
-    own = similarity[np.arange(len(x)), assignment]
-    other = similarity[np.arange(len(x)), 1 - assignment]
-    a, b = 1.0 - own, 1.0 - other
-    scale = np.maximum(a, b)
-    return float(np.mean(np.where(scale > 0, (b - a) / np.where(scale > 0, scale, 1.0), 0.0)))
+def best_split_r2(values) -> float:
+    """Share of the variance of 1-D `values` explained by their best split into two groups at a
+    threshold (the exact 1-D 2-means optimum): about 2/pi for a large Gaussian sample, -> 1 for two
+    point-like modes."""
+    values = np.sort(np.asarray(values, np.float64))
+    n = len(values)
+    total = float(np.sum((values - values.mean()) ** 2))
+    if n < 2 or total <= 0:
+        return GAUSSIAN_R2
+    sums = np.cumsum(values)
+    left = np.arange(1, n)
+    means_left, means_right = sums[:-1] / left, (sums[-1] - sums[:-1]) / (n - left)
+    between = left * (n - left) / n * (means_left - means_right) ** 2
+    return float(between.max() / total)
 
 
 def multimodality(bank_rows, seed: int = 0) -> float:
-    """How well one class's bank rows split into 2 clusters, in [-1, 1] (see the module docstring);
-    NaN for fewer than 4 rows."""
-    if len(bank_rows) < 4:
+    """How clearly one class's bank rows form two modes (see the module docstring): about 0 for a
+    single Gaussian-like mode, a diffuse cloud or an elongated unimodal class, about 1 for two
+    separated sub-clusters (0.38 for a uniform segment). NaN for fewer than 8 rows."""
+    x = unit_rows(bank_rows)
+    n = len(x)
+    if n < 8:
         return math.nan
-    assignment, centres = two_means(bank_rows, seed)
-    if len(np.unique(assignment)) < 2:
-        return 0.0
-    return split_silhouette(bank_rows, assignment, centres)
+    order = np.random.default_rng(seed).permutation(n)
+    halves = (order[: n // 2], order[n // 2:])
+    scores = []
+    for fit, held_out in (halves, halves[::-1]):
+        _, centres = two_means(x[fit], seed)
+        axis = centres[0] - centres[1]
+        length = np.linalg.norm(axis)
+        r2 = best_split_r2(x[held_out] @ (axis / length)) if length > 1e-12 else GAUSSIAN_R2
+        scores.append((r2 - GAUSSIAN_R2) / (1.0 - GAUSSIAN_R2))
+    return float(np.mean(scores))
 
 
 def class_multimodality(bank, labels, num_classes, seed: int = 0) -> np.ndarray:
     """[Q] multimodality of each class's rows (NaN for a class with fewer than 4)."""
     bank, labels = np.asarray(bank), np.asarray(labels)
-    return np.array([multimodality(bank[labels == c], seed) for c in range(num_classes)])
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    return np.array([multimodality(bank[order[bounds[c]:bounds[c + 1]]], seed)
+                     for c in range(num_classes)])
 
 
 def per_class_pseudo_label_accuracy(current_labels, true_labels, is_labelled, num_classes):
@@ -304,6 +334,21 @@ def check_comparable(first: RunState, second: RunState):
                          f"labels (another dataset, --kept_fraction or --split_seed): {hint}")
 
 
+def check_split_files(workdir, compare_workdir):
+    """The same check as check_comparable from the workdirs' split.npz alone, before any restore."""
+    splits = []
+    for directory in (workdir, compare_workdir):
+        path = os.path.join(directory, "split.npz")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: is {directory} the --workdir of an llp-train run?")
+        with np.load(path) as split:
+            splits.append(np.asarray(split["rows"]))
+    if len(splits[0]) != len(splits[1]):
+        raise ValueError(f"{compare_workdir} has {len(splits[1])} training examples and {workdir} has "
+                         f"{len(splits[0])}: the per-class comparison needs the same dataset and "
+                         "training split")
+
+
 def check_classes(classes, num_classes):
     classes = [int(c) for c in classes]
     if not classes:
@@ -350,7 +395,7 @@ def plot_aggregation_curve(curves, path, switch_epochs=()):
     for (label, epoch), colour in zip(switch_epochs, colours):
         if epoch:
             axes.axvline(epoch, color=colour, linestyle=":", linewidth=1)
-            axes.annotate("LLP starts", (epoch, axes.get_ylim()[0]), rotation=90, fontsize=7,
+            axes.annotate("instance recognition -> LLP", (epoch, axes.get_ylim()[0]), rotation=90, fontsize=7,
                           color=colour, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel("epoch")
     axes.set_ylabel("mean over classes of |class mean embedding|")
@@ -377,6 +422,9 @@ def plot_norm_histogram(norm_sets, path):
         axes.hist(norms, bins=bins, alpha=0.55, color=colour, edgecolor="black", linewidth=0.5,
                   label=f"{label}: mean {norms.mean():.3f}")
         axes.axvline(norms.mean(), color=colour, linestyle="--")
+    from matplotlib.ticker import MaxNLocator
+
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("|class mean embedding| (per class, true labels of every bank row)")
     axes.set_ylabel("classes")
     axes.set_title("Per-class aggregation of the final bank (cf. paper Fig. 2c)")
@@ -405,11 +453,11 @@ def plot_norm_scatter(first_norms, second_norms, class_names, first_label, secon
         for c in np.flatnonzero(keep):
             axes.annotate(class_names[c], (x[c], y[c]), fontsize=7, xytext=(3, 3),
                           textcoords="offset points")
-    above = int(np.sum(y[keep] > x[keep]))
+    above, below = int(np.sum(y[keep] > x[keep])), int(np.sum(y[keep] < x[keep]))
     axes.set_xlabel(f"{first_label}: per-class norm")
     axes.set_ylabel(f"{second_label}: per-class norm")
-    axes.set_title(f"Per-class aggregation (cf. Fig. 2d): y > x in {above} of {int(keep.sum())} classes",
-                   fontsize=9)
+    axes.set_title(f"Per-class aggregation (cf. Fig. 2d), {int(keep.sum())} classes:\n"
+                   f"y > x in {above}, y < x in {below}", fontsize=9)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -429,7 +477,7 @@ def plot_mds(panels, title, path):
         for g, (name, colour) in enumerate(zip(panel["group_names"], colours)):
             plain, known = (groups == g) & ~labelled, (groups == g) & labelled
             axes.scatter(points[plain, 0], points[plain, 1], s=7, color=colour, alpha=0.6,
-                         linewidth=0, label=f"{name} ({int(np.sum(groups == g))})")
+                         linewidth=0, label=f"{name}: {int(np.sum(groups == g))} shown")
             axes.scatter(points[known, 0], points[known, 1], s=45, color=colour, edgecolor="black",
                          linewidth=1.0, zorder=3)
         axes.set_title(panel["title"], fontsize=9)
@@ -469,6 +517,8 @@ def _propagated(state: RunState) -> bool:
 
 def run_summary(state: RunState, seed: int = 0) -> dict:
     """Per-class statistics of one run's final bank, its TensorBoard curve and its chosen classes."""
+    from llp_tf import aggregation  # imports TensorFlow
+
     q = state.num_classes
     norms = aggregation.class_mean_norms(state.bank, state.true_labels, q)
     norms_labelled = aggregation.class_mean_norms(
@@ -523,15 +573,15 @@ def summary_text(summary: dict) -> str:
     lines.append("  per epoch (TensorBoard aggregation/norm_mean): " + ", ".join(
         f"{e}: {_fmt(v)}" for e, v in zip(curve["epochs"], curve["norm_mean"])))
     if summary["pseudo_label_accuracy"] is not None:
-        lines.append(f"pseudo-label accuracy on the unlabelled rows: {_fmt(summary['pseudo_label_accuracy'])}")
+        accuracy = _fmt(summary["pseudo_label_accuracy"])
+        lines.append(f"pseudo-label accuracy on the unlabelled rows: {accuracy}")
     if summary["method"] == "supervised":
-        lines.append("  note: a supervised run trains on the labelled examples only, so the bank rows of "
-                     "the unlabelled examples keep their initial embeddings and the embedding head gets "
-                     "no gradient; its aggregation mostly measures the untrained network")
+        lines.append(textwrap.fill("note: " + SUPERVISED_NOTE, 100, initial_indent="  ",
+                                   subsequent_indent="  "))
     compare = summary.get("compare")
     header = f"{'class':>24} {'rows':>6} {'norm':>6} {'labelled':>8} {'multimodal':>10} {'pseudo-acc':>10}"
     if compare:
-        header += f" {'compare norm':>12}"
+        header += f" {'compare norm':>12} {'labelled':>8}"
     lines += ["per class (norm: |mean bank row| with true labels; labelled: of its labelled rows only):",
               header]
     for c, name in enumerate(names):
@@ -542,7 +592,7 @@ def summary_text(summary: dict) -> str:
                 f"{_fmt(summary['class_multimodality'][c]):>10} "
                 f"{_fmt(pseudo[c] if pseudo is not None else None):>10}")
         if compare:
-            line += f" {_fmt(compare['class_norms'][c]):>12}"
+            line += f" {_fmt(compare['class_norms'][c]):>12} {_fmt(compare['class_norms_labelled'][c]):>8}"
         lines.append(line)
     ranking = summary["ranking"]
     norms, modality = summary["class_norms"], summary["class_multimodality"]
@@ -550,24 +600,25 @@ def summary_text(summary: dict) -> str:
         "easiest (highest norm): " + ", ".join(f"{label(c)} {_fmt(norms[c])}" for c in ranking["easiest"]),
         "hardest (lowest norm): " + ", ".join(f"{label(c)} {_fmt(norms[c])}" for c in ranking["hardest"]),
         "most multi-modal: " + ", ".join(f"{label(c)} {_fmt(modality[c])}" for c in ranking["multimodal"]),
-        "  " + MULTIMODALITY_DEFINITION,
+        textwrap.fill(MULTIMODALITY_DEFINITION, 100, initial_indent="  ", subsequent_indent="  "),
         "MDS classes: " + ", ".join(f"{label(c)} [{role}]" for c, role in
                                     zip(summary["mds_classes"], summary["mds_roles"])),
     ]
     if compare:
-        norms2 = np.array([np.nan if v is None else v for v in _nan_to_none(compare["class_norms"])])
-        mine = np.array([np.nan if v is None else v for v in _nan_to_none(summary["class_norms"])])
+        norms2 = np.asarray(compare["class_norms"], np.float64)
+        mine = np.asarray(summary["class_norms"], np.float64)
         keep = np.isfinite(mine) & np.isfinite(norms2)
         lines += [f"compare: {compare['workdir']} ({compare['method']}, {compare['backbone']}, "
-                  f"{compare['epochs']} epochs): norm_mean {_fmt(compare['norm_mean'])}, labelled rows only "
-                  f"{_fmt(compare['norm_mean_labelled'])}",
-                  f"  this run's class norm is higher in {int(np.sum(mine[keep] > norms2[keep]))} of "
-                  f"{int(keep.sum())} classes"]
+                  f"{compare['epochs']} epochs): norm_mean {_fmt(compare['norm_mean'])}, labelled rows "
+                  f"only {_fmt(compare['norm_mean_labelled'])}",
+                  f"  this run's class norm is higher in {int(np.sum(mine[keep] > norms2[keep]))} and lower "
+                  f"in {int(np.sum(mine[keep] < norms2[keep]))} of {int(keep.sum())} classes"]
         if not compare["same_labelled_split"]:
-            lines.append("  note: the two runs label different examples (another --labelled_fraction or split)")
+            lines.append("  note: the two runs label different examples (another --labelled_fraction "
+                         "or split)")
         if compare["method"] == "supervised":
-            lines.append("  note: the compare run is supervised: its unlabelled rows' bank entries were never "
-                         "updated after initialisation, so compare the labelled-only norms too")
+            lines.append(textwrap.fill("note on the compare run: " + SUPERVISED_NOTE, 100,
+                                       initial_indent="  ", subsequent_indent="  "))
     lines.append("figures: " + ", ".join(summary["figures"].values()))
     return "\n".join(lines)
 
@@ -580,6 +631,8 @@ def analyze(workdir, output_dir, compare_workdir=None, classes=None, max_points_
     the most multi-modal class); compare_workdir: a second run on the same training examples."""
     if max_points_per_class < 2:
         raise ValueError(f"max_points_per_class must be at least 2, got {max_points_per_class}")
+    if compare_workdir is not None:
+        check_split_files(workdir, compare_workdir)  # fails fast, before the slow restores
     state = load_run_state(workdir)
     if classes is not None:
         classes = check_classes(classes, state.num_classes)

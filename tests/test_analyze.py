@@ -145,6 +145,25 @@ def test_class_choice_and_sampling():
         analysis.check_classes([0, 7], 5)
 
 
+def test_runs_on_other_examples_are_not_compared():
+    def state(labels, rows=None):
+        labels = np.asarray(labels)
+        return analysis.RunState(
+            workdir=f"run{len(labels)}", method="llp", dataset="npz:x", backbone="small_cnn",
+            instance_epochs=1, class_names=["a", "b"],
+            rows=np.arange(len(labels)) if rows is None else np.asarray(rows), true_labels=labels,
+            is_labelled=np.zeros(len(labels), bool), current_labels=labels,
+            bank=np.ones((len(labels), 4), np.float32), epochs=1, checkpoint="ckpt-1")
+
+    analysis.check_comparable(state([0, 1, 1]), state([0, 1, 1]))
+    with pytest.raises(ValueError, match="run2 has 2 training examples and run3 has 3"):
+        analysis.check_comparable(state([0, 1, 1]), state([0, 1]))
+    with pytest.raises(ValueError, match="other training examples or labels"):
+        analysis.check_comparable(state([0, 1, 1]), state([0, 1, 0]))
+    with pytest.raises(ValueError, match="other training examples or labels"):
+        analysis.check_comparable(state([0, 1, 1]), state([0, 1, 1], rows=[0, 1, 3]))
+
+
 def test_command_line_errors(tiny_llp_run, tmp_path):
     output_dir = tmp_path / "out"
     unknown = run_tool("llp_tf.tools.analyze", f"--workdir={tiny_llp_run}", f"--output_dir={output_dir}",
