@@ -20,7 +20,7 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8"],
         "analysis": ["matplotlib>=3.8", "scikit-learn>=1.4"],
     },
     entry_points={
