@@ -67,30 +67,12 @@ class Source:
         return stored_image, label, index
 
 
-class ArraySource(Source):
-    """A source held in memory as uint8 arrays (the idx and npz forms)."""
+class ListedSource(Source):
+    """A source whose splits are held as arrays: `_stored[split]` (images, or file paths) beside
+    `_labels[split]`, row by row."""
 
-    def __init__(self, x_train, y_train, x_test, y_test, class_names=None, origin="arrays"):
-        self._images = {"train": _as_image_array(x_train, f"{origin} x_train"),
-                        "test": _as_image_array(x_test, f"{origin} x_test")}
-        self._labels = {"train": _as_label_array(y_train, f"{origin} y_train"),
-                        "test": _as_label_array(y_test, f"{origin} y_test")}
-        for split in SPLITS:
-            if len(self._images[split]) != len(self._labels[split]):
-                raise ValueError(f"{origin}: {len(self._images[split])} {split} images but "
-                                 f"{len(self._labels[split])} {split} labels")
-        if self._images["train"].shape[1:] != self._images["test"].shape[1:]:
-            raise ValueError(f"{origin}: train images are {self._images['train'].shape[1:]} but test "
-                             f"images are {self._images['test'].shape[1:]}")
-        largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
-        if class_names is None:
-            class_names = [str(c) for c in range(largest_label + 1)]
-        self.class_names = [str(name) for name in class_names]
-        self.num_classes = len(self.class_names)
-        if largest_label >= self.num_classes:
-            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
-        self.image_shape = tuple(int(d) for d in self._images["train"].shape[1:])
-        self.channels = self.image_shape[-1]
+    _stored: dict
+    _labels: dict
 
     def labels(self, split):
         return self._labels[_check_split(split)].copy()
@@ -99,10 +81,37 @@ class ArraySource(Source):
         split = _check_split(split)
         rows = _resolve_rows(rows, len(self._labels[split]))
         return tf.data.Dataset.from_tensor_slices(
-            (self._images[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
+            (self._stored[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
 
 
-class FolderSource(Source):
+class ArraySource(ListedSource):
+    """A source held in memory as uint8 arrays (the idx and npz forms)."""
+
+    def __init__(self, x_train, y_train, x_test, y_test, class_names=None, origin="arrays"):
+        self._stored = {"train": _as_image_array(x_train, f"{origin} x_train"),
+                        "test": _as_image_array(x_test, f"{origin} x_test")}
+        self._labels = {"train": _as_label_array(y_train, f"{origin} y_train"),
+                        "test": _as_label_array(y_test, f"{origin} y_test")}
+        for split in SPLITS:
+            if len(self._stored[split]) != len(self._labels[split]):
+                raise ValueError(f"{origin}: {len(self._stored[split])} {split} images but "
+                                 f"{len(self._labels[split])} {split} labels")
+        if self._stored["train"].shape[1:] != self._stored["test"].shape[1:]:
+            raise ValueError(f"{origin}: train images are {self._stored['train'].shape[1:]} but test "
+                             f"images are {self._stored['test'].shape[1:]}")
+        largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
+        if class_names is None:
+            class_names = [str(c) for c in range(largest_label + 1)]
+        self.class_names = [str(name) for name in class_names]
+        self.num_classes = len(self.class_names)
+        if largest_label >= self.num_classes:
+            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
+        self.image_shape = tuple(int(d) for d in self._stored["train"].shape[1:])
+        self.channels = self.image_shape[-1]
+
+
+
+class FolderSource(ListedSource):
     """Image files in DIR/<split>/<class>/; classes are the sorted train subfolder names. Images are
     decoded to 3 channels whatever they store, so grayscale and RGB files can be mixed."""
 
@@ -116,20 +125,12 @@ class FolderSource(Source):
         _check_same_classes(self.class_names, _class_folders(split_dirs["test"]), split_dirs["test"])
         self.num_classes = len(self.class_names)
         self.channels = 3
-        self._paths, self._labels = {}, {}
+        self._stored, self._labels = {}, {}
         for split, split_dir in split_dirs.items():
-            self._paths[split], self._labels[split] = _list_class_images(split_dir, self.class_names)
-        sizes = _image_sizes(np.concatenate([self._paths["train"], self._paths["test"]]))
+            self._stored[split], self._labels[split] = _list_class_images(split_dir, self.class_names)
+        sizes = _image_sizes(np.concatenate([self._stored["train"], self._stored["test"]]))
         self.image_shape = (*sizes.pop(), 3) if len(sizes) == 1 else None
 
-    def labels(self, split):
-        return self._labels[_check_split(split)].copy()
-
-    def _encoded_examples(self, split, rows):
-        split = _check_split(split)
-        rows = _resolve_rows(rows, len(self._labels[split]))
-        return tf.data.Dataset.from_tensor_slices(
-            (self._paths[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
 
     def _decode(self, path, label, index):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)

@@ -345,7 +345,7 @@ def test_train_dataset_is_reproducible_from_its_seed():
 
 def test_train_dataset_augments_differently_each_epoch():
     source = array_source(num_train=10, shape=(12, 12, 3))
-    source._images["train"] = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    source._stored["train"] = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
     selection = data.select_examples(source.labels("train"), 0.5)
     dataset = data.train_dataset(source, selection, batch_size=10, image_size=10)
     epochs = []
