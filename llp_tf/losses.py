@@ -1,9 +1,9 @@
-"""LLP's losses (paper Eq. 1-4), per example, in log space.
+"""LLP's losses (paper Eq. 1-4), per example.
 
-exp(1 / 0.07) = 1.6e6 overflows float16 and loses precision in float32 sums, so every softmax over the
-bank goes through logsumexp in float32. -log P(A|v) = logsumexp(all) - logsumexp(A) subtracts two
-numbers near 1/tau and cancels when P(A|v) nears 1 (where training drives it), so it is computed as
-softplus(logsumexp(outside A) - logsumexp(A)), the same value without the cancellation.
+exp(1 / 0.07) = 1.6e6 overflows float16, so every softmax over the bank is computed in float32 (the
+heads and the bank are float32 under mixed precision). -log P(A|v) is log(1 + outside / inside) with the
+sum inside A and the sum outside A taken separately: logsumexp(all) - logsumexp(A) would subtract two
+numbers near 1/tau and cancel when P(A|v) nears 1, where training drives it.
 """
 import numpy as np
 import tensorflow as tf
@@ -17,21 +17,61 @@ def bank_logits(embeddings: tf.Tensor, bank: tf.Tensor, tau: float) -> tf.Tensor
 
 def aggregation_loss(embeddings, bank, bank_labels, labels, tau: float) -> tf.Tensor:
     """-log P(A|v), A = every bank row whose current label equals the example's (Eq. 2-3). [B]."""
-    logits = bank_logits(embeddings, bank, tau)
     in_set = tf.equal(bank_labels[None, :], tf.cast(labels, bank_labels.dtype)[:, None])
-    return _minus_log_share(logits, in_set)
+    return minus_log_share(embeddings, bank, in_set, tau)
 
 
 def instance_loss(embeddings, bank, indices, tau: float) -> tf.Tensor:
     """-log P(i|v) with i the example's own row: the aggregation loss when every example is its own
     class (the instance-recognition warm-up). [B]."""
-    logits = bank_logits(embeddings, bank, tau)
-    own = tf.one_hot(indices, tf.shape(logits)[1], on_value=True, off_value=False)
-    return _minus_log_share(logits, own)
+    own = tf.one_hot(indices, tf.shape(bank)[0], on_value=True, off_value=False)
+    return minus_log_share(embeddings, bank, own, tau)
 
 
-def _minus_log_share(logits, in_set):
-    """-log(sum_{in_set} exp(logits) / sum_all exp(logits)) per row, as softplus(lse(out) - lse(in))."""
+# Above this tau, exp(-2 / tau) is a normal float32 (> exp(-87)): the unit-vector path is exact.
+UNIT_PATH_MIN_TAU = 2.0 / 80.0
+
+
+def minus_log_share(embeddings, bank, in_set, tau: float) -> tf.Tensor:
+    """-log(sum_{in_set} exp(logits) / sum_all exp(logits)) per row, logits = bank_logits. [B].
+
+    Embeddings and bank rows are unit vectors, so logits - 1/tau lies in [-2/tau, 0]: for
+    tau >= UNIT_PATH_MIN_TAU its exp neither overflows nor underflows in float32 and needs no
+    max-shift. Both sums are taken directly (no difference of near-equal numbers), with a hand-written
+    gradient, because the [B, N] elementwise passes, not the matrix multiplies, dominated the step
+    (BUILD.md). Smaller tau takes the log-space path. The bank gets no gradient.
+    """
+    bank = tf.stop_gradient(bank)
+    if tau < UNIT_PATH_MIN_TAU:
+        return _minus_log_share_log_space(bank_logits(embeddings, bank, tau), in_set)
+    return _minus_log_share_unit(tf.cast(embeddings, bank.dtype), bank, in_set, tau)
+
+
+def _minus_log_share_unit(embeddings, bank, in_set, tau):
+    @tf.custom_gradient
+    def loss_of(embeddings):
+        weights = tf.exp(tf.matmul(embeddings / tau, bank, transpose_b=True) - 1.0 / tau)
+        zeros = tf.zeros_like(weights)
+        inside = tf.reduce_sum(tf.where(in_set, weights, zeros), axis=1)
+        outside = tf.reduce_sum(tf.where(in_set, zeros, weights), axis=1)
+        total = inside + outside
+
+        def gradient(upstream):
+            # d loss / d logit_j = w_j / total - [j in set] w_j / inside, with 1/total - 1/inside
+            # written as -outside / (total * inside) so that it does not cancel either.
+            per_outside = upstream / total
+            per_inside = -upstream * outside / (total * inside)
+            coefficients = tf.where(in_set, per_inside[:, None], per_outside[:, None])
+            return tf.matmul(weights * coefficients, bank) / tau
+
+        return tf.math.log1p(outside / inside), gradient
+
+    return loss_of(embeddings)
+
+
+def _minus_log_share_log_space(logits, in_set):
+    """softplus(lse(outside) - lse(inside)) per row: exact at any temperature, but several [B, N]
+    passes more than the unit-vector path."""
     minus_inf = tf.constant(-np.inf, logits.dtype)
     inside = tf.reduce_logsumexp(tf.where(in_set, logits, minus_inf), axis=1)
     has_outside = tf.reduce_any(~in_set, axis=1)

@@ -1,9 +1,14 @@
 """Benchmark: one LLP (and instance-recognition) training step against one supervised step of the same
-network and batch, in the same process, as the memory bank grows.
+network and batch, in the same process, as the memory bank grows; and the parts of the LLP step.
 
-  python tools/bench_step.py --bank_rows=10000,60000,200000 --backbone=small_cnn --image_size=28
+  python tools/bench_step.py --bank_rows=10000,60000,200000,1000000 --backbone=small_cnn --image_size=28
 
-Prints milliseconds per step and the ratios to the supervised step, with the machine it ran on.
+Phases are timed in interleaved rounds and the median round is reported, so that load from other
+processes hits every phase alike. Parts, each alone in its own tf.function:
+  supervised: the whole supervised step (network forward, backward, SGD update; bank update);
+  scoring:  the aggregation loss of a batch of embeddings against the bank, forward and backward (the
+            O(B N D) part that grows with the bank);
+  update:   blending the batch into its bank rows (gather, normalise, scatter).
 """
 import os
 import platform
@@ -14,17 +19,23 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from llp_tf import bank as bank_lib
+from llp_tf import losses
 from llp_tf.backbones import build_backbone
 from llp_tf.model import LLPModel, LLPState
 
 flags.DEFINE_list("bank_rows", ["10000", "60000", "200000"], "bank sizes N to measure")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")
+flags.DEFINE_integer("width", None, "backbone width multiplier")
 flags.DEFINE_integer("image_size", 28, "square image side")
 flags.DEFINE_integer("channels", 1, "image channels")
 flags.DEFINE_integer("batch_size", 128, "batch")
 flags.DEFINE_integer("num_classes", 10, "classes")
-flags.DEFINE_integer("steps", 20, "timed steps per phase (after 3 warm-up steps)")
+flags.DEFINE_integer("rounds", 7, "interleaved timing rounds (the median is reported)")
+flags.DEFINE_integer("steps", 5, "steps per phase per round (after 3 warm-up steps)")
 FLAGS = flags.FLAGS
+
+PHASES = ("supervised", "instance", "llp")
 
 
 def build_model(num_rows):
@@ -34,30 +45,78 @@ def build_model(num_rows):
     state = LLPState(is_labelled, labels, 128)
     state.labels.assign(labels)  # as after a propagation
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-    model = LLPModel(build_backbone(FLAGS.backbone, shape), FLAGS.num_classes, state)
+    model = LLPModel(build_backbone(FLAGS.backbone, shape, width=FLAGS.width), FLAGS.num_classes, state)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     model(tf.zeros((1,) + shape))
     return model
 
 
-def ms_per_step(model, phase, batch):
-    model.phase = phase
-    step = tf.function(model.train_step)
-    for _ in range(3):
-        step(batch)
-    started = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        logs = step(batch)
-    float(logs["loss"])  # wait for the last step
-    return 1000 * (time.perf_counter() - started) / FLAGS.steps
+def step_functions(model, batch):
+    """{name: zero-argument callable running one step or part}, each traced once and warmed up."""
+    functions = {}
+    for phase in PHASES:
+        model.phase = phase  # a Python branch of train_step: trace now, while it holds
+        step = tf.function(model.train_step)
+        step.get_concrete_function(batch)
+        functions[phase] = _bound(step, batch)
+    state = model.state
+    embeddings = tf.math.l2_normalize(tf.random.stateless_normal((FLAGS.batch_size, 128), (1, 2)), axis=1)
+    images, _, indices = batch
+    labels = tf.gather(state.labels, indices)
+
+    @tf.function
+    def scoring():
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            loss = tf.reduce_sum(losses.aggregation_loss(
+                embeddings, tf.convert_to_tensor(state.bank), state.labels, labels, model.tau))
+        return tape.gradient(loss, embeddings)
+
+    @tf.function
+    def update():
+        bank_lib.update_bank(state.bank, indices, embeddings, model.bank_momentum)
+        return state.bank[0, 0]
+
+    functions["scoring"], functions["update"] = scoring, update
+    for function in functions.values():
+        for _ in range(3):
+            function()
+    return functions
+
+
+def _bound(step, batch):
+    return lambda: step(batch)["loss"]
+
+
+def median_ms(functions):
+    """{name: median over rounds of milliseconds per call}."""
+    times = {name: [] for name in functions}
+    for _ in range(FLAGS.rounds):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                result = function()
+            np.asarray(result)  # wait for the last call
+            times[name].append(1000 * (time.perf_counter() - started) / FLAGS.steps)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv):
     del argv
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
           f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
-    print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, batch {FLAGS.batch_size}")
-    print(f"{'N':>9} {'supervised ms':>14} {'instance ms':>12} {'llp ms':>8} {'instance/sup':>13} {'llp/sup':>8}")
+    print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, batch {FLAGS.batch_size}, "
+          f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps")
+    print("| N | supervised ms | instance ms | LLP ms | instance / sup | LLP / sup | scoring ms | update ms |")
+    print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(1)
     for num_rows in [int(n) for n in FLAGS.bank_rows]:
         model = build_model(num_rows)
@@ -65,10 +124,11 @@ def main(argv):
         batch = (tf.constant(rng.random(shape), tf.float32),
                  tf.constant(rng.integers(0, FLAGS.num_classes, FLAGS.batch_size), tf.int64),
                  tf.constant(rng.permutation(num_rows)[:FLAGS.batch_size], tf.int64))
-        times = {phase: ms_per_step(model, phase, batch) for phase in ("supervised", "instance", "llp")}
-        sup = times["supervised"]
-        print(f"{num_rows:>9} {sup:>14.1f} {times['instance']:>12.1f} {times['llp']:>8.1f} "
-              f"{times['instance'] / sup:>13.2f} {times['llp'] / sup:>8.2f}")
+        ms = median_ms(step_functions(model, batch))
+        sup = ms["supervised"]
+        print(f"| {num_rows:,} | {sup:.1f} | {ms['instance']:.1f} | {ms['llp']:.1f} | "
+              f"{ms['instance'] / sup:.2f} | {ms['llp'] / sup:.2f} | {ms['scoring']:.1f} | "
+              f"{ms['update']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
