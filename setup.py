@@ -17,11 +17,11 @@ setup(
         "tensorboard>=2.16",  # TF 2.21 no longer pulls it in; tf.summary needs it
         "absl-py>=2.0",
         "numpy>=1.26",
-        "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8"],
-        "analysis": ["matplotlib>=3.8", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "scipy>=1.12", "pillow>=10"],
+        # llp-analyze (matplotlib, scikit-learn), llp-compare-propagation (scikit-learn, SciPy)
+        "analysis": ["matplotlib>=3.8", "scikit-learn>=1.4", "scipy>=1.12"],
     },
     entry_points={
         "console_scripts": [
@@ -30,6 +30,8 @@ setup(
             "llp-export=llp_tf.tools.export:run",
             "llp-eval=llp_tf.tools.evaluate:run",
             "llp-analyze=llp_tf.tools.analyze:run",
+            "llp-compare-propagation=llp_tf.tools.compare_propagation:run",
+            "llp-transfer=llp_tf.tools.transfer:run",
         ],
     },
 )
