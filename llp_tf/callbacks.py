@@ -11,16 +11,18 @@ from llp_tf import aggregation, evaluation, propagation
 class PropagationCallback(keras.callbacks.Callback):
     """Refreshes log-density, pseudo-labels and confidences from the bank at the end of every epoch
     from `first_epoch` on (the last instance-recognition epoch's end is the switch to LLP), and before
-    training if LLP starts with rows that were never propagated.
+    training if LLP starts with rows that were never propagated. With repeat=False it propagates only
+    at the switch (the non-iterative two-stage baseline).
 
     hidden_labels (the true labels of every bank row, where known) only feed diagnostics: the
     pseudo-label accuracy on the unlabelled pool. They never reach the propagation.
     """
 
     def __init__(self, num_classes, k=10, t=25, tau=0.07, use_density=True, include_self=False,
-                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0):
+                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0, repeat=True):
         super().__init__()
         self.first_epoch = first_epoch
+        self.repeat = repeat  # False: the two-stage baseline, which propagates once at the switch
         self.num_classes = num_classes
         self.options = dict(k=k, t=t, tau=tau, use_density=use_density, include_self=include_self,
                             chunks=chunks)
@@ -33,8 +35,8 @@ class PropagationCallback(keras.callbacks.Callback):
         start = time.perf_counter()
         is_labelled = state.is_labelled.numpy()
         previous = state.labels.numpy()
-        result = propagation.propagate(tf.convert_to_tensor(state.bank), is_labelled, previous,
-                                       self.num_classes, **self.options)
+        result = propagation.propagate(state.bank, is_labelled, previous, self.num_classes,
+                                       strategy=self.model.distribute_strategy, **self.options)
         state.labels.assign(result.labels)
         state.confidences.assign(result.confidences)
         state.log_density.assign(result.log_density)
@@ -55,7 +57,7 @@ class PropagationCallback(keras.callbacks.Callback):
             self.propagate()
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 < self.first_epoch:
+        if epoch + 1 < self.first_epoch or (not self.repeat and epoch + 1 > self.first_epoch):
             return
         stats = self.propagate()
         if logs is not None:

@@ -2,7 +2,8 @@
 import dataclasses
 import json
 
-METHODS = ("llp", "supervised")
+METHODS = ("llp", "supervised", "two_stage")
+BAD_IMAGE_POLICIES = ("error", "skip")
 
 
 def setting(default, help_text):
@@ -15,7 +16,12 @@ class TrainConfig:
     dataset: str = setting(None, "training data: tfds:NAME | idx:DIR | folder:DIR | npz:FILE")
     workdir: str = setting(None, "output directory; rerunning with the same one resumes")
     data_dir: str | None = setting(None, "TFDS data_dir")
-    method: str = setting("llp", "llp | supervised (labelled examples only, same network)")
+    on_bad_image: str = setting(
+        "error", "folder datasets, files that are not decodable images: error (one error listing "
+        "them, before training) | skip (leave them out; listed in workdir/skipped_images.txt)")
+    method: str = setting(
+        "llp", "llp | supervised (labelled examples only, same network) | two_stage (instance recognition, "
+        "one propagation, then training on those fixed pseudo-labels: the non-iterative baseline)")
     backbone: str = setting("small_cnn", "small_cnn | cifar_resnet20 | cifar_resnet56 | resnet18v2 | resnet50v2")
     width: int | None = setting(None, "channel multiplier of the backbone")
     image_size: int | None = setting(None, "side of the square training images; default: the dataset's own")
@@ -23,6 +29,9 @@ class TrainConfig:
     kept_fraction: float = setting(1.0, "q: share of all training images used (labelled ones always)")
     split_seed: int = setting(0, "seed of the labelled split")
     seed: int = setting(0, "seed of initialisation, shuffling and augmentation")
+    deterministic: bool = setting(
+        False, "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism): two runs "
+        "with the same seeds give identical metrics; slower on GPUs")
     batch_size: int = setting(128, "global batch, split across replicas")
     epochs: int = setting(10, "total epochs, instance-recognition epochs included")
     instance_epochs: int = setting(2, "instance-recognition warm-up epochs before the first propagation")
@@ -47,12 +56,17 @@ class TrainConfig:
     eval_knn_k: int = setting(200, "neighbours of the kNN evaluation (capped at the labelled count)")
     propagation_query_rows: int = setting(1024, "query rows per propagation block")
     propagation_key_rows: int = setting(16384, "key rows per propagation block")
-    strategy: str = setting("auto", "auto | mirrored | default")
+    strategy: str = setting(
+        "auto", "auto | mirrored | multiworker (the cluster in TF_CONFIG) | default; auto: multiworker "
+        "when TF_CONFIG names several workers, else mirrored over several GPUs, else default")
     cpu_replicas: int = setting(0, "mirror over this many logical CPUs (tests without GPUs)")
     mixed_precision: str | None = setting(None, "mixed_float16 | mixed_bfloat16 (bank stays float32)")
     jit_compile: bool = setting(False, "XLA-compile the train step (GPUs)")
     keep_checkpoints: int = setting(3, "checkpoints kept in workdir/checkpoints")
     verbose: int = setting(2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 a line per epoch")
+    state_dump: str | None = setting(
+        None, "(tests) write this process's final bank, labels and confidences, one row per local "
+        "replica copy, to this .npz")
 
     def validate(self):
         """Clear errors for settings that cannot work, before any data is read."""
@@ -60,6 +74,9 @@ class TrainConfig:
             raise ValueError("--dataset and --workdir are required")
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"--on_bad_image must be one of {BAD_IMAGE_POLICIES}, "
+                             f"got {self.on_bad_image!r}")
         for name in ("labelled_fraction", "kept_fraction"):
             value = getattr(self, name)
             if not 0 < value <= 1:
@@ -68,7 +85,7 @@ class TrainConfig:
             raise ValueError(f"--tau must be positive, got {self.tau}")
         if self.epochs < 1 or self.instance_epochs < 0:
             raise ValueError("--epochs must be >= 1 and --instance_epochs >= 0")
-        if self.method == "llp" and self.instance_epochs >= self.epochs:
+        if self.method != "supervised" and self.instance_epochs >= self.epochs:
             raise ValueError(f"--instance_epochs={self.instance_epochs} leaves no LLP epoch of "
                              f"--epochs={self.epochs}")
         if self.k < 1 or self.t < 1:

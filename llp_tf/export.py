@@ -13,8 +13,9 @@ labels, confidences, log-density and the optimizer stay in the training checkpoi
 both returning probabilities float32 [B, Q] (softmax of the logits), classes int64 [B] and
 embeddings float32 [B, D] (L2-normalised). serving_bytes also returns valid bool [B]: a string that
 does not decode gives valid=False, probabilities and embeddings of zeros and class -1 in its row, and
-the rest of the batch is served normally. The class names are in assets/class_names.txt (line i is
-class i) and, from Python, `tf.saved_model.load(dir).class_names()`.
+the rest of the batch is served normally. Another dtype, rank or channel count is refused with an
+InvalidArgumentError that gives the expected dtype or shape. The class names are in
+assets/class_names.txt (line i is class i) and, from Python, `tf.saved_model.load(dir).class_names()`.
 No flags here: `tools/export.py` is the command line.
 """
 from __future__ import annotations
@@ -91,7 +92,8 @@ def restore_model(workdir: str, checkpoint: str | None = None):
     checkpoint (or of `checkpoint`); the optimizer is left unrestored. Rebuilds the Run from
     workdir/config.json on the default strategy and in float32, so the training dataset must still be
     readable (it gives the image size, channels, class names and the bank's size)."""
-    from llp_tf.train import Run, check_checkpoint_shapes
+    from llp_tf.checkpoints import check_checkpoint_shapes
+    from llp_tf.train import Run
 
     config = load_config(workdir)
     path = checkpoint_path(workdir, checkpoint)
@@ -180,14 +182,11 @@ class ServingModule(tf.Module):
         return tf.cond(tf.shape(images)[0] > 0, compute, empty)
 
     def _serve(self, images):
-        # The input signature already fixes dtype and channels for tf.function callers; signature
-        # callers (a loaded .signatures[...], TF Serving) are only checked for the dtype, so say it.
-        check = tf.debugging.assert_equal(
-            tf.shape(images)[3], self.channels,
-            message=f"serving_default takes uint8 images [batch, height, width, {self.channels}]: "
-                    f"wrong channel count")
-        with tf.control_dependencies([check]):
-            images = tf.identity(images)
+        # The input signature fixes dtype, rank and channels for tf.function callers; signature
+        # callers (a loaded .signatures[...], TF Serving) are only checked for the dtype. EnsureShape
+        # checks the rest at run time ("Shape of tensor images [..] is not compatible with expected
+        # shape [?,?,?,C]"); an assert on tf.rank would be folded away, the rank being static here.
+        images = tf.ensure_shape(images, [None, None, None, self.channels])
         return self.outputs(preprocess_for_eval(images, self.image_size))
 
     def _decode(self, index, encoded):
@@ -195,6 +194,7 @@ class ServingModule(tf.Module):
         return index, preprocess_for_eval(image, self.image_size)
 
     def _serve_bytes(self, image_bytes):
+        image_bytes = tf.ensure_shape(image_bytes, [None])  # a run-time check, as in _serve
         count = tf.shape(image_bytes, out_type=tf.int64)[0]
         shape = [self.image_size, self.image_size, self.channels]
         # Decode inside tf.data, whose ignore_errors drops a string that fails to decode instead of

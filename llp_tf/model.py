@@ -149,7 +149,9 @@ class LLPModel(keras.Model):
     def update_bank(self, embeddings, indices):
         """Blend the global batch into every replica's copy of the bank."""
         context = tf.distribute.get_replica_context()
-        all_indices = context.all_gather(indices, axis=0)
+        # tf.identity: on a one-device worker of MultiWorkerMirroredStrategy the step's inputs carry
+        # no device, and the collective needs one; the copy is placed on this replica's device.
+        all_indices = context.all_gather(tf.identity(indices), axis=0)
         all_embeddings = context.all_gather(tf.stop_gradient(embeddings), axis=0)
         bank_lib.update_bank(self.state.bank, all_indices, all_embeddings, self.bank_momentum)
 

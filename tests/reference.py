@@ -50,6 +50,22 @@ def log_p_instance(v, bank, tau):
 
 # ----------------------------------------------------------------------------- label propagation
 
+def nearest(bank, query_rows, key_rows, k, tau, key_bias=None, exclude_self=False):
+    """For each query row q: the k keys with the highest bank[q].bank[key]/tau + key_bias, best first,
+    ties to the lower position in key_rows; with exclude_self, q's own row is no candidate.
+    Returns (scores [Q, k], positions into key_rows [Q, k])."""
+    key_rows = np.asarray(key_rows)
+    bias = np.zeros(len(key_rows)) if key_bias is None else np.asarray(key_bias, np.float64)
+    all_scores, all_positions = [], []
+    for q in query_rows:
+        scores = bank[key_rows] @ bank[q] / tau + bias
+        candidates = [p for p in range(len(key_rows)) if not (exclude_self and key_rows[p] == q)]
+        best = sorted(candidates, key=lambda p: (-scores[p], p))[:k]
+        all_scores.append(scores[best])
+        all_positions.append(best)
+    return np.array(all_scores), np.array(all_positions)
+
+
 def log_density(bank, labelled_rows, t, tau, include_self):
     """log rho(l) for each labelled row l (paper Eq. 7 with a constant Z, METHOD.md step 1).
 

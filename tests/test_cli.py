@@ -59,6 +59,37 @@ def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
     assert resumed["wall_seconds"] < first["wall_seconds"] * 1.5  # one more epoch, not three
 
 
+def test_two_stage_baseline_propagates_once_and_keeps_its_pseudo_labels(tiny_npz, tmp_path):
+    """The non-iterative foil: instance recognition, one weighted-kNN propagation at the switch, then
+    training on those labels; LLP (test above) propagates after every epoch instead."""
+    workdir = tmp_path / "two_stage"
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
+             "--method=two_stage", "--use_density=false", "--epochs=3", "--instance_epochs=1")
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["method"] == "two_stage" and metrics["epochs"] == 3
+    assert len(metrics["pseudo_label_accuracy_history"]) == 1
+    assert metrics["pseudo_label_accuracy"] == pytest.approx(metrics["pseudo_label_accuracy_history"][0])
+    assert len(scalar_series(workdir / "tensorboard", "propagation/pseudo_label_accuracy")) == 1
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "ablation", "*.cfg"))),
+                         ids=os.path.basename)
+def test_ablation_flagfile_sets_only_its_switches(path, monkeypatch):
+    """Each Table 6 ablation file composes with a dataset flagfile and changes only the ablation
+    switches (K, density, confidence, category loss, the 1-NN metric)."""
+    monkeypatch.chdir(ROOT)
+    configs = []
+    for extra in ([], [f"--flagfile={path}"]):
+        flag_values = flags.FlagValues()
+        train_tool.define_config_flags(flag_values)
+        flag_values(["llp-train", "--flagfile=flags/fashion_mnist_1pct.cfg", *extra, "--workdir=/tmp/x"])
+        configs.append(train_tool.config_from_flags(flag_values))
+    configs[1].validate()
+    changed = {name for name, value in vars(configs[1]).items() if getattr(configs[0], name) != value}
+    assert changed <= {"k", "use_density", "use_confidence", "use_category_loss", "eval_knn_k"}
+    assert configs[1].eval_knn_k == 1
+
+
 def test_workdir_of_another_size_class_count_or_embedding_size_is_refused(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     common = [f"--workdir={workdir}", *TINY, "--epochs=1", "--instance_epochs=0"]

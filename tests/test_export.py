@@ -103,16 +103,25 @@ def test_undecodable_bytes_are_flagged_not_fatal(keras_model, loaded, test_image
     assert not outputs["probabilities"].numpy()[1:3].any() and not outputs["embeddings"].numpy()[1:3].any()
     good = expected(model, test_images[:2])
     assert_matches({key: tf.gather(outputs[key], [0, 3]) for key in good}, good)
+    alone = loaded.signatures["serving_bytes"](image_bytes=tf.constant(png))  # no bad neighbours
+    assert_matches({key: tf.gather(outputs[key], [0, 3]) for key in good},
+                   {key: alone[key].numpy() for key in good})
     empty = loaded.signatures["serving_bytes"](image_bytes=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, NUM_CLASSES) and empty["valid"].shape == (0,)
 
 
-def test_wrong_dtype_and_channel_count_are_rejected(loaded, test_images):
+def test_wrong_dtype_rank_and_channel_count_are_rejected(loaded, test_images):
     serve = loaded.signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor"):
         serve(images=tf.constant(test_images.astype(np.float32) / 255))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="channel"):
+    expected_shape = re.escape(" is not compatible with expected shape [?,?,?,1]")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("images [6,12,12,3]") + expected_shape):
         serve(images=tf.constant(np.repeat(test_images, 3, axis=-1)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape("images [12,12,1]") + expected_shape):
+        serve(images=tf.constant(test_images[0]))  # one image without its batch axis
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=re.escape("image_bytes [2,1] is not compatible with expected shape [?]")):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([[b"x"], [b"y"]]))
     # The restored tf.function checks its TensorSpec before running anything.
     with pytest.raises(TypeError, match="TensorSpec"):
         loaded.serve(tf.constant(np.repeat(test_images, 3, axis=-1)))

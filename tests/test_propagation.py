@@ -9,6 +9,7 @@ import functools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from llp_tf import propagation as prop
 from tests import reference as ref
@@ -21,9 +22,10 @@ SMALL_ROWS = 290                             # a second, small bank (D = 8, Q = 
 
 METHODS = {"llp": True, "knn": False}       # name -> use_density
 ONE_BLOCK = prop.Chunks(4096, 65536)
-# Block sizes that divide neither N (1500) nor M (153) nor N - M (1347); (13, 7) has fewer key rows
-# than K and T, so every top-k has to be assembled across blocks.
-CHUNKINGS = [ONE_BLOCK, prop.Chunks(97, 131), prop.Chunks(13, 7)]
+# Block sizes that divide neither N (1500) nor M (153) nor N - M (1347). (97, 110) runs the two-stage
+# top-k with groups of 2 over several key blocks, the last labelled block 43 keys (not whole groups);
+# (13, 7) has fewer key rows than K and T, so every top-k has to be assembled across blocks.
+CHUNKINGS = [ONE_BLOCK, prop.Chunks(97, 110), prop.Chunks(13, 7)]
 # One query row at a time and one key row per block: too slow for the large bank, run on a small one.
 TINY_CHUNKINGS = [prop.Chunks(1, 7), prop.Chunks(3, 1)]
 DTYPES = ["float64", "float32"]
@@ -288,3 +290,91 @@ def test_numpy_integer_sizes_are_accepted(size):
                     f"meet int32 shapes inside _block_top_k): {str(error).splitlines()[-1][:200]}")
     np.testing.assert_array_equal(result.labels, expected.labels)
     np.testing.assert_array_equal(result.confidences, expected.confidences)
+
+
+# ----------------------------------------------------------------------------- the two-stage top-k
+
+def test_two_stage_top_k_equals_top_k_with_ties():
+    """_top_k_of_block (top_k of group maxima, then of the best groups' columns) gives exactly
+    tf.math.top_k, ties to the lower column included: scores drawn from a few integers tie often."""
+    rng = np.random.default_rng(SEED)
+    for _ in range(60):
+        rows, columns, k = rng.integers(1, 5), rng.integers(1, 300), int(rng.integers(1, 40))
+        group = int(2 ** rng.integers(0, 5))
+        scores = rng.integers(0, rng.integers(2, 40), size=(rows, columns)).astype(np.float32)
+        values, positions = prop._top_k_of_block(tf.constant(scores), k, group)
+        expected = tf.math.top_k(scores, min(k, columns))
+        case = f"{rows}x{columns}, k={k}, group={group}"
+        np.testing.assert_array_equal(values, expected.values, err_msg=case)
+        np.testing.assert_array_equal(positions, expected.indices, err_msg=case)
+
+
+@pytest.mark.parametrize("keys", ["all_rows", "labelled_rows"])
+@pytest.mark.parametrize("exclude_self", [False, True], ids=["with_self", "exclude_self"])
+@pytest.mark.parametrize("chunks", [prop.Chunks(64, 256), prop.Chunks(13, 7), ONE_BLOCK], ids=str)
+def test_top_k_neighbours_matches_brute_force(chunks, exclude_self, keys):
+    """top_k_neighbours in float64 against ref.nearest. 1001 rows in 256-key blocks leave a last block
+    of 233 keys, not whole groups of 4; ~100 labelled keys with a bias fit one block, padded to whole
+    groups; queries are labelled and unlabelled rows, so with exclude_self some are keys, some not."""
+    bank, _, is_labelled, _ = dataset("large")
+    bank, is_labelled = bank[:1001], is_labelled[:1001]
+    key_rows = np.arange(1001) if keys == "all_rows" else np.flatnonzero(is_labelled)
+    key_bias = None if keys == "all_rows" else np.random.default_rng(SEED).normal(0, 1, len(key_rows))
+    query_rows = np.concatenate([np.flatnonzero(is_labelled)[:30], np.flatnonzero(~is_labelled)[:30]])
+    k = 6
+    scores, positions = prop.top_k_neighbours(bank, query_rows, key_rows, k, TAU, key_bias=key_bias,
+                                              exclude_self=exclude_self, chunks=chunks)
+    expected_scores, expected_positions = ref.nearest(bank, query_rows, key_rows, k, TAU, key_bias,
+                                                      exclude_self)
+    np.testing.assert_array_equal(positions.numpy(), expected_positions)
+    np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=1e-12)
+
+
+def test_top_k_neighbours_needs_enough_keys():
+    bank, _, _, _ = dataset("small")
+    with pytest.raises(ValueError, match="besides the query itself"):
+        prop.top_k_neighbours(bank, [0, 1], np.arange(5), 5, TAU, exclude_self=True)
+    with pytest.raises(ValueError, match="5 keys"):
+        prop.top_k_neighbours(bank, [0, 1], np.arange(5), 6, TAU)
+
+
+# ----------------------------------------------------------------------------- split across replicas
+
+@pytest.mark.parametrize("num_rows, num_replicas", [(1, 2), (7, 2), (8, 2), (10, 3), (2, 3)])
+def test_replica_shares_cover_every_row_once_in_order(num_rows, num_replicas):
+    shares = [prop.replica_share(num_rows, replica, num_replicas).numpy()
+              for replica in range(num_replicas)]
+    assert len({len(share) for share in shares}) == 1, "equal shares: the gather needs equal shapes"
+    assert len(shares[0]) == -(-num_rows // num_replicas), "no replica does more than its share"
+    np.testing.assert_array_equal(np.concatenate(shares)[:num_rows], np.arange(num_rows))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_propagation_split_over_two_replicas(mirrored_strategy, method, dtype):
+    """Under a 2-replica MirroredStrategy each replica takes half the query rows of each pass (odd
+    counts: 153 labelled, 1347 unlabelled): the gathered result matches the reference and the
+    single-device run."""
+    _, _, is_labelled, given = dataset("large")
+    chunks = prop.Chunks(97, 110)
+    bank = dataset("large")[0].astype(dtype)
+    result = prop.propagate(bank, is_labelled, given, NUM_CLASSES, k=K, t=T, tau=TAU,
+                            use_density=METHODS[method], chunks=chunks, strategy=mirrored_strategy)
+    assert_matches_reference(result, reference_run("large", method, False), is_labelled, given, dtype,
+                             method)
+    single = implementation_run("large", method, False, chunks, dtype)
+    np.testing.assert_array_equal(result.labels, single.labels)
+    np.testing.assert_allclose(result.confidences, single.confidences, rtol=0,
+                               atol=CONFIDENCE_ATOL[dtype])
+
+
+def test_propagation_of_a_mirrored_bank(mirrored_strategy):
+    """The training callback's call: the bank a MirroredVariable, each replica reading its own copy."""
+    bank, _, is_labelled, given = dataset("large")
+    with mirrored_strategy.scope():
+        mirrored_bank = tf.Variable(bank.astype(np.float32), trainable=False,
+                                    aggregation=tf.VariableAggregation.NONE)
+    result = prop.propagate(mirrored_bank, is_labelled, given, NUM_CLASSES, k=K, t=T, tau=TAU,
+                            strategy=mirrored_strategy)
+    assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
+                             "float32", "llp")

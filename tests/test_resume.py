@@ -1,7 +1,7 @@
 """Resume after SIGKILL: a training process killed in the middle of an epoch, rerun with the same command,
 finishes its planned epochs from its last checkpoint; the state the trainer restores from that
-checkpoint (weights, optimizer step and momentum, bank, labels, confidences, log-density, epoch)
-equals it bit for bit."""
+checkpoint (weights, optimizer step and momentum, bank, labels, confidences, log-density, epoch,
+progress) equals it bit for bit. Other faults: tests/test_faults.py."""
 import json
 import os
 import signal
@@ -132,19 +132,22 @@ def check_restore_is_bit_exact(workdir, latest, resaved_dir):
         values = json.load(f)
     values["lr_drop_epochs"] = tuple(values["lr_drop_epochs"])
     run = train.Run(TrainConfig(**values))
-    assert train.restore(run) == 2  # the trainer's own restore: the epochs it will skip
+    assert train.restore(run) == (2, 0)  # the trainer's own restore: 2 epochs done, none of the 3rd
     original = tf.train.load_checkpoint(latest)
     state = run.model.state
     direct = {"state/bank": state.bank, "state/labels": state.labels,
               "state/confidences": state.confidences, "state/is_labelled": state.is_labelled,
               "state/log_density": state.log_density, "state/completed_epochs": state.completed_epochs,
-              "optimizer/_iterations": run.model.optimizer.iterations}
+              "optimizer/_iterations": run.model.optimizer.iterations,
+              "progress/steps_in_epoch": run.progress.steps_in_epoch,
+              "progress/pseudo_label_accuracy_history": run.progress.pseudo_label_accuracy_history}
     for key, variable in direct.items():
         saved = original.get_tensor(f"{key}/.ATTRIBUTES/VARIABLE_VALUE")
         live = variable.numpy()
         assert live.dtype == saved.dtype and np.array_equal(live, saved), key
     assert run.model.optimizer.iterations.numpy() == 2 * STEPS
     assert np.all(state.labels.numpy() >= 0)  # propagated labels, not the -1 of a fresh state
+    assert len(run.progress.pseudo_label_accuracy_history.numpy()) == 2  # the switch, LLP epoch 2
 
     resaved = tf.train.load_checkpoint(run.checkpoint.write(str(resaved_dir / "ckpt")))
     graph = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -155,7 +158,7 @@ def check_restore_is_bit_exact(workdir, latest, resaved_dir):
         assert before.dtype == after.dtype and np.array_equal(before, after), key
     # Every variable of the model, its optimizer (momentum included) and the state is in there.
     live = {id(v): v for v in (run.model.weights + run.model.optimizer.variables
-                               + list(state.variables))}
+                               + list(state.variables) + list(run.progress.variables))}
     momentum = [v for v in run.model.optimizer.variables if "momentum" in v.path]
     assert len(momentum) == len(run.model.trainable_variables)
     assert len(original_keys) == len(live) + 1  # + the checkpoint's save_counter

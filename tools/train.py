@@ -1,6 +1,10 @@
 """llp-train: trains LLP (or the supervised baseline) from absl flags; reruns resume.
 
   llp-train --flagfile=flags/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
+
+SIGTERM or SIGINT: a checkpoint of the current step, then exit status 128 + the signal (143, 130); the
+rerun continues with the next step. A non-finite loss or a failed checkpoint write (a full disk): exit
+status 1 and a message naming the checkpoint that remains.
 """
 import dataclasses
 import json
@@ -49,10 +53,13 @@ def main(argv):
     if config.cpu_replicas:
         from llp_tf import distribute
         distribute.split_cpu(config.cpu_replicas)
-    from llp_tf.train import train  # imports TensorFlow after the device split
+    from llp_tf import train as training  # imports TensorFlow after the device split
     try:
-        metrics = train(config)
-    except (ValueError, FileNotFoundError) as error:
+        metrics = training.train(config)
+    except training.TrainingInterrupted as stop:  # SIGTERM / SIGINT, after a checkpoint
+        print(f"llp-train: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_status)
+    except (ValueError, FileNotFoundError, training.TrainingFailed) as error:
         sys.exit(f"llp-train: {error}")
     print(json.dumps(metrics, indent=2))
     print(f"metrics written to {os.path.join(config.workdir, 'metrics.json')}")
