@@ -4,14 +4,15 @@ Every pass scores a block of query rows against a block of key rows ([query_rows
 at most) with one matrix multiply, keeps the best k keys of each query, and reduces each query block
 to its outputs (log-density, or label and confidence) before the next. Cost O(N M D); memory is the
 bank, a copy of the keys when they are not all rows (the M labelled rows), the outputs and a fixed
-workspace of a few blocks. Under a tf.distribute strategy the query
-rows are split across its replicas, each searching the whole bank (O(N M D / P) per replica).
-The functions are dtype-generic (float32 in training, float64 in tests).
+workspace of a few blocks. Under a tf.distribute strategy the query rows are split across its
+replicas, each searching the whole bank (O(N M D / P) per replica). The functions are dtype-generic
+(float32 in training, float64 in tests).
 
 The top-k of a score block is the costly part after the multiply: tf.math.top_k over a whole block
 costs more than the multiply on CPU. It runs in two stages instead (_top_k_of_block): top_k over the
 maxima of groups of columns, then over the columns of the best groups, which touches each score
-once in a vectorised max and leaves top_k only about 2 sqrt(k n) of the n columns.
+once in a vectorised max and leaves top_k only about 2 sqrt(k n) of the n columns; from the second
+key block on, scores below the running k-th best are masked out first.
 """
 import dataclasses
 import typing
@@ -324,6 +325,8 @@ def log_density(bank, labelled_rows, t, tau, include_self=False, chunks=Chunks()
     (result,) = _search("log_density", bank, labelled_rows, np.arange(int(bank.shape[0])), t, tau,
                         exclude_self=not include_self, chunks=chunks, strategy=strategy)
     return result
+
+
 def vote(scores, neighbour_labels, num_classes):
     """Class probabilities from weighted votes (Eq. 5-6, 8): w_c = sum of exp(score) over the
     neighbours labelled c, p_c = w_c / sum w. Returns (labels int64 [Q], confidences [Q]).

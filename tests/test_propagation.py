@@ -369,11 +369,15 @@ def test_propagation_split_over_two_replicas(mirrored_strategy, method, dtype):
 
 
 def test_propagation_of_a_mirrored_bank(mirrored_strategy):
-    """The training callback's call: the bank a MirroredVariable, each replica reading its own copy."""
+    """The training callback's call: the bank a MirroredVariable, each replica reading its own copy,
+    after a scatter update as in training (which makes every whole read of the variable a copy)."""
     bank, _, is_labelled, given = dataset("large")
     with mirrored_strategy.scope():
         mirrored_bank = tf.Variable(bank.astype(np.float32), trainable=False,
                                     aggregation=tf.VariableAggregation.NONE)
+    rows = tf.range(5)
+    mirrored_strategy.run(lambda: mirrored_bank.scatter_update(
+        tf.IndexedSlices(tf.gather(bank.astype(np.float32), rows), rows)))
     result = prop.propagate(mirrored_bank, is_labelled, given, NUM_CLASSES, k=K, t=T, tau=TAU,
                             strategy=mirrored_strategy)
     assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
