@@ -137,9 +137,12 @@ def _bank_slice(bank, start, stop):
 
 
 def _size(tensor_or_variable, axis):
-    """A dimension, static where known: tf.shape would read (copy) a variable."""
-    static = tensor_or_variable.shape[axis]
-    return tf.shape(tensor_or_variable)[axis] if static is None else static
+    """A dimension as a tensor. Of a variable, read from its handle: tf.shape would read (copy) the
+    whole variable, and its static shape is no part of a tf.function's trace, so a trace for one
+    bank could be reused for another of a different size."""
+    if isinstance(tensor_or_variable, tf.Variable):
+        return tf.raw_ops.VariableShape(input=tensor_or_variable.handle)[axis]
+    return tf.shape(tensor_or_variable)[axis]
 
 
 def _drop_self(scores, ids, self_ids, keep):

@@ -382,3 +382,17 @@ def test_propagation_of_a_mirrored_bank(mirrored_strategy):
                             strategy=mirrored_strategy)
     assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
                              "float32", "llp")
+
+
+def test_variable_banks_of_different_sizes_in_one_process():
+    """From the third bank variable on, tf.function reuses a trace made for another variable of the
+    same dtype whatever its size: nothing size-dependent may be baked into it. Two smaller banks
+    first, then the large one, with the same blocks (the same traced pass): the last must search all
+    its rows (with the size baked in it searched only the first 1200 and got log rho off by 0.6)."""
+    bank, _, is_labelled, given = dataset("large")
+    chunks = prop.Chunks(97, 110)
+    for rows in [1000, 1200, NUM_ROWS]:
+        result = prop.propagate(tf.Variable(bank[:rows].astype(np.float32)), is_labelled[:rows],
+                                given[:rows], NUM_CLASSES, k=K, t=T, tau=TAU, chunks=chunks)
+    assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
+                             "float32", "llp")

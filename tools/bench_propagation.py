@@ -112,6 +112,8 @@ def passes(is_labelled):
 
 
 def tf_matmul(bank, is_labelled):
+    # A tensor: slicing a variable reads all of it, which after a scatter update is a copy.
+    bank = tf.convert_to_tensor(bank)
     for query_rows, key_rows, blocks in passes(is_labelled):
         float(_tf_matmul_in_blocks(bank, tf.constant(query_rows, tf.int32),
                                    None if key_rows is None else tf.constant(key_rows, tf.int32),
