@@ -361,17 +361,42 @@ def _labelled_rows_of_class(labels, c, fraction, rng, class_names):
 
 def train_dataset(source: Source, selection: Selection, batch_size: int, image_size: int,
                   augment: bool = True, seed: int = 0, labelled_only: bool = False,
-                  shuffle_buffer: int | None = None) -> tf.data.Dataset:
+                  shuffle_buffer: int | None = None, labelled_per_batch: int = 0) -> tf.data.Dataset:
     """Batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B]) of the
     selected training examples, reshuffled and re-augmented on every iteration; indices are bank rows
     (positions in selection.rows). labelled_only keeps the labelled examples only (the supervised
     baseline) with the same indices. The partial last batch is dropped. Everything random derives
-    from `seed`: the same seed gives the same sequence of batches in a freshly built dataset."""
-    bank_rows = (np.flatnonzero(selection.is_labelled) if labelled_only
-                 else np.arange(len(selection.rows))).astype(np.int64)
+    from `seed`: the same seed gives the same sequence of batches in a freshly built dataset.
+
+    labelled_per_batch > 0 (a departure from the paper, which draws batches uniformly): every batch
+    is that many labelled examples, cycled, reshuffled on each pass, followed by batch_size minus that
+    many unlabelled ones; an iteration is one pass over the unlabelled examples."""
+    all_rows = np.arange(len(selection.rows), dtype=np.int64)
+    if labelled_only:
+        return _batches(source, selection, all_rows[selection.is_labelled], batch_size, image_size,
+                        augment, seed, shuffle_buffer, "labelled ")
+    if not labelled_per_batch:
+        return _batches(source, selection, all_rows, batch_size, image_size, augment, seed, shuffle_buffer)
+    if not 0 < labelled_per_batch < batch_size:
+        raise ValueError(f"labelled_per_batch={labelled_per_batch} must be between 0 and "
+                         f"batch_size={batch_size}")
+    labelled_seed, unlabelled_seed = (int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2))
+    labelled = _batches(source, selection, all_rows[selection.is_labelled], labelled_per_batch,
+                        image_size, augment, labelled_seed, shuffle_buffer, "labelled ").repeat()
+    unlabelled = _batches(source, selection, all_rows[~selection.is_labelled],
+                          batch_size - labelled_per_batch, image_size, augment, unlabelled_seed,
+                          shuffle_buffer, "unlabelled ")
+    mixed = tf.data.Dataset.zip(unlabelled, labelled).map(
+        lambda first, second: tuple(tf.concat([a, b], 0) for a, b in zip(first, second)))
+    return _deterministic(mixed.prefetch(AUTOTUNE))
+
+
+def _batches(source, selection, bank_rows, batch_size, image_size, augment, seed, shuffle_buffer,
+             kind=""):
+    """train_dataset's batches of the given bank rows (see there)."""
     if len(bank_rows) < batch_size:
-        raise ValueError(f"{len(bank_rows)} {'labelled ' if labelled_only else ''}training examples "
-                         f"are fewer than batch_size={batch_size}: no full batch")
+        raise ValueError(f"{len(bank_rows)} {kind}training examples are fewer than "
+                         f"batch_size={batch_size}: no full batch")
     shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     if shuffle_buffer is None:
         shuffle_buffer = min(len(bank_rows), source.default_shuffle_buffer_limit or len(bank_rows))

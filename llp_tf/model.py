@@ -56,7 +56,8 @@ class LLPModel(keras.Model):
     """
 
     def __init__(self, backbone, num_classes, state: LLPState, tau=0.07, bank_momentum=0.5,
-                 use_confidence=True, use_category_loss=True, weight_decay=1e-4, **kwargs):
+                 use_confidence=True, use_category_loss=True, weight_decay=1e-4,
+                 warmup_category_loss=False, confidence_threshold=0.0, **kwargs):
         super().__init__(**kwargs)
         regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
         self.backbone = backbone
@@ -71,6 +72,8 @@ class LLPModel(keras.Model):
         self.bank_momentum = bank_momentum
         self.use_confidence = use_confidence
         self.use_category_loss = use_category_loss
+        self.warmup_category_loss = warmup_category_loss
+        self.confidence_threshold = confidence_threshold
         self._phase = "instance"
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "aggregation_loss", "category_loss", "weight_decay_loss")}
@@ -104,12 +107,21 @@ class LLPModel(keras.Model):
         zeros = tf.zeros_like(embeddings[:, 0])
         if self._phase == "instance":
             aggregation = losses.instance_loss(embeddings, bank, indices, self.tau)
-            return aggregation, aggregation, zeros
+            if not self.warmup_category_loss:
+                return aggregation, aggregation, zeros
+            # Departure: the classifier also learns from the batch's labelled examples (only they
+            # have a label before the first propagation).
+            is_labelled = tf.gather(self.state.is_labelled, indices)
+            labels = tf.where(is_labelled, tf.gather(self.state.labels, indices), 0)
+            category = losses.category_loss(labels, logits) * tf.cast(is_labelled, logits.dtype)
+            return aggregation + category, aggregation, category
         if self._phase == "supervised":
             category = losses.category_loss(true_labels, logits)
             return category, zeros, category
         labels = tf.gather(self.state.labels, indices)
         confidences = tf.gather(self.state.confidences, indices)
+        if self.confidence_threshold:  # departure: drop the least confident pseudo-labels
+            confidences = tf.where(confidences >= self.confidence_threshold, confidences, 0.0)
         aggregation = losses.aggregation_loss(embeddings, bank, self.state.labels, labels, self.tau)
         category = losses.category_loss(labels, logits)
         total = losses.llp_loss(aggregation, category, confidences,

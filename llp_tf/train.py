@@ -107,7 +107,9 @@ class Run:
                          seed=config.seed)
         model = LLPModel(backbone, self.num_classes, state, tau=config.tau,
                          bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
-                         use_category_loss=config.use_category_loss, weight_decay=config.weight_decay)
+                         use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
+                         warmup_category_loss=config.warmup_category_loss,
+                         confidence_threshold=config.confidence_threshold)
         model.compile(optimizer=keras.optimizers.SGD(self._learning_rate(), momentum=config.momentum),
                       jit_compile=config.jit_compile)
         model(tf.zeros((1,) + input_shape))
@@ -129,7 +131,8 @@ class Run:
         seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
         return distribute.shard_by_data(data.train_dataset(
             self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
-            seed=seed, labelled_only=config.method == "supervised").repeat().skip(skip_steps))
+            seed=seed, labelled_only=config.method == "supervised",
+            labelled_per_batch=config.labelled_per_batch).repeat().skip(skip_steps))
 
     def eval_dataset(self, split="test"):
         return distribute.shard_by_data(
@@ -415,6 +418,8 @@ def restore(run: Run):
         logging.info("no checkpoint in %s: training from scratch", directory)
         if distribute.is_chief(run.strategy):
             remove_leftovers(directory, completed_epochs=0)
+        if run.config.init_from:
+            init_network(run, run.config.init_from)
         if run.config.bank_init == "network":
             fill_bank(run)
         return 0, 0
@@ -436,6 +441,25 @@ def restore(run: Run):
         return position
     raise TrainingFailed(f"no checkpoint in {directory} reads back whole (tried "
                          f"{', '.join(candidates)}): move them away to start over")
+
+
+def init_network(run: Run, workdir):
+    """Network weights (backbone, heads, BatchNorm statistics) <- the newest checkpoint of another
+    run's workdir; this run's bank, labels and optimizer are left as they are."""
+    path = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    if path is None:
+        raise ValueError(f"--init_from={workdir}: no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+    try:
+        # The layers by the names the model saves them under, without the model's state.
+        model = run.model
+        network = tf.train.Checkpoint(backbone=model.backbone, embedding_head=model.embedding_head,
+                                      classifier=model.classifier)
+        tf.train.Checkpoint(model=network).restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(f"--init_from={workdir}: {path} does not hold this network "
+                         f"(--backbone={run.config.backbone}, {run.num_classes} classes): "
+                         f"{str(error).splitlines()[0]}") from error
+    logging.info("network weights from %s", path)
 
 
 def final_metrics(run: Run, propagator) -> dict:

@@ -1,14 +1,17 @@
 """The command lines end to end: llp-train (LLP under 2-replica MirroredStrategy, supervised, resume),
 llp-propagate, and every flagfile in flags/."""
+import dataclasses
 import glob
 import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
-from llp_tf import propagation
+from llp_tf import propagation, train
+from llp_tf.config import TrainConfig
 from llp_tf.tools import train as train_tool
 from tests.conftest import ROOT, TINY, run_tool, scalar_series
 from tests.datasets import write_npz
@@ -90,6 +93,19 @@ def test_ablation_flagfile_sets_only_its_switches(path, monkeypatch):
     assert configs[1].eval_knn_k == 1
 
 
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "departures", "*.cfg"))),
+                         ids=os.path.basename)
+def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    flag_values = flags.FlagValues()
+    train_tool.define_config_flags(flag_values)
+    flag_values(["llp-train", "--flagfile=flags/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
+                 "--init_from=/tmp/x", "--workdir=/tmp/y"])
+    config = train_tool.config_from_flags(flag_values)
+    config.validate()
+    assert config.labelled_per_batch == 32 and config.dataset.startswith("folder:")
+
+
 def test_workdir_of_another_size_class_count_or_embedding_size_is_refused(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     common = [f"--workdir={workdir}", *TINY, "--epochs=1", "--instance_epochs=0"]
@@ -138,3 +154,35 @@ def test_llp_propagate_names_a_missing_array(tmp_path):
     result = run_tool("llp_tf.tools.propagate", f"--features={features}",
                       f"--output={tmp_path / 'out.npz'}", check=False)
     assert result.returncode != 0 and "labels" in result.stderr
+
+
+def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
+    """--init_from starts from a supervised run's network (only its network); the other departures
+    train alongside it; a network of another shape is refused by name."""
+    supervised = tmp_path / "supervised"
+    common = [f"--dataset=npz:{tiny_npz}", *TINY]
+    run_tool("llp_tf.tools.train", *common, f"--workdir={supervised}", "--method=supervised", "--epochs=1")
+
+    config = TrainConfig(dataset=f"npz:{tiny_npz}", workdir=str(tmp_path / "started"), width=1,
+                         batch_size=32, labelled_fraction=0.1, k=5, t=10, init_from=str(supervised))
+    started, finished = train.Run(config), train.Run(dataclasses.replace(config, workdir=str(supervised)))
+    bank_before = started.model.state.bank.numpy()
+    train.init_network(started, str(supervised))
+    finished.checkpoint.restore(tf.train.latest_checkpoint(str(supervised / "checkpoints")))
+    assert len(started.model.weights) == len(finished.model.weights) > 10
+    for mine, theirs in zip(started.model.weights, finished.model.weights):  # BatchNorm statistics too
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    np.testing.assert_array_equal(started.model.state.bank.numpy(), bank_before)
+    assert not np.array_equal(bank_before, finished.model.state.bank.numpy())
+
+    workdir = tmp_path / "llp"
+    run_tool("llp_tf.tools.train", *common, f"--workdir={workdir}", f"--init_from={supervised}",
+             "--epochs=2", "--instance_epochs=1", "--warmup_category_loss", "--labelled_per_batch=8",
+             "--confidence_threshold=0.3")
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and len(metrics["pseudo_label_accuracy_history"]) == 2
+    assert metrics["val_top1"] > 0.35  # four classes: well above chance
+
+    result = run_tool("llp_tf.tools.train", *common, f"--workdir={tmp_path / 'wider'}", "--width=2",
+                      f"--init_from={supervised}", "--epochs=1", "--instance_epochs=0", check=False)
+    assert result.returncode != 0 and "does not hold this network (--backbone=small_cnn" in result.stderr

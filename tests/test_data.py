@@ -330,6 +330,38 @@ def test_train_dataset_labelled_only():
         data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)
 
 
+def test_train_dataset_with_labelled_examples_in_every_batch():
+    source = array_source(num_train=60)
+    selection = data.select_examples(source.labels("train"), 0.2)
+    labelled = set(np.flatnonzero(selection.is_labelled))
+    num_labelled, num_unlabelled = len(labelled), 60 - len(labelled)
+    assert num_labelled >= 6
+    dataset = data.train_dataset(source, selection, batch_size=8, image_size=8, augment=False,
+                                 labelled_per_batch=3, seed=4)
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == num_unlabelled // 5  # one pass over the unlabelled examples, 5 per batch
+    for images, labels, indices in batches:
+        assert [i in labelled for i in indices] == [False] * 5 + [True] * 3
+        assert len(set(indices)) == 8
+        np.testing.assert_array_equal(np.round(images[:, 0, 0, 0] * 255), selection.rows[indices])
+        np.testing.assert_array_equal(labels, source.labels("train")[selection.rows[indices]])
+    unlabelled_seen = np.concatenate([indices[:5] for _, _, indices in batches])
+    assert len(set(unlabelled_seen)) == len(unlabelled_seen) == num_unlabelled // 5 * 5
+    labelled_seen = np.concatenate([indices[5:] for _, _, indices in batches])
+    one_pass = num_labelled // 3 * 3  # a pass over the labelled examples, without repeats
+    assert len(set(labelled_seen[:one_pass])) == one_pass
+    assert set(labelled_seen) == labelled  # the passes cycle, reshuffled
+    again = list(data.train_dataset(source, selection, batch_size=8, image_size=8, augment=False,
+                                    labelled_per_batch=3, seed=4).as_numpy_iterator())
+    np.testing.assert_array_equal(np.stack([b[2] for b in again]), np.stack([b[2] for b in batches]))
+    with pytest.raises(ValueError, match="labelled_per_batch=8"):
+        data.train_dataset(source, selection, batch_size=8, image_size=8, labelled_per_batch=8)
+    with pytest.raises(ValueError, match=f"{num_labelled} labelled training examples are fewer than "
+                                         f"batch_size={num_labelled + 1}"):
+        data.train_dataset(source, selection, batch_size=20, image_size=8,
+                           labelled_per_batch=num_labelled + 1)
+
+
 def test_train_dataset_is_reproducible_from_its_seed():
     source = array_source(shape=(12, 12, 3))
     selection = data.select_examples(source.labels("train"), 0.2)

@@ -19,14 +19,15 @@ def tiny_backbone(seed):
     return build_backbone("small_cnn", (H, H, 1), weight_decay=1e-3, width=1)
 
 
-def make_model(learning_rate, seed=0, use_confidence=True, use_category_loss=True, weight_decay=1e-3):
+def make_model(learning_rate, seed=0, use_confidence=True, use_category_loss=True, weight_decay=1e-3,
+               **departures):
     rng = np.random.default_rng(seed)
     is_labelled = rng.random(N) < 0.3
     labels = rng.integers(0, Q, N)
     state = LLPState(is_labelled, labels, D, seed=seed)
     backbone = tiny_backbone(seed)
     model = LLPModel(backbone, Q, state, tau=TAU, bank_momentum=0.5, use_confidence=use_confidence,
-                     use_category_loss=use_category_loss, weight_decay=weight_decay)
+                     use_category_loss=use_category_loss, weight_decay=weight_decay, **departures)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
     model(tf.zeros((1, H, H, 1)))
     model.embedding_head.kernel.assign(rng.normal(size=(F, D)).astype(np.float32) * 0.5)
@@ -50,8 +51,10 @@ def logsumexp(x, axis=-1):
     return (top + np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True))).squeeze(axis)
 
 
-def reference_loss(model, bank, images, true_labels, indices, phase, weight_decay=1e-3):
-    """Eq. 3-4 in float64 from the model's outputs and the bank before the step."""
+def reference_loss(model, bank, images, true_labels, indices, phase, weight_decay=1e-3,
+                   warmup_category_loss=False, confidence_threshold=0.0):
+    """Eq. 3-4 in float64 from the model's outputs and the bank before the step (and the departures
+    from the paper that the model offers)."""
     outputs = model(images, training=True)
     v = outputs["embeddings"].numpy().astype(np.float64)
     logits = outputs["logits"].numpy().astype(np.float64)
@@ -61,6 +64,10 @@ def reference_loss(model, bank, images, true_labels, indices, phase, weight_deca
     sims = v @ bank.T / TAU
     if phase == "instance":
         per = logsumexp(sims) - sims[np.arange(len(indices)), indices]
+        if warmup_category_loss:
+            labelled = model.state.is_labelled.numpy()[indices]
+            y = np.where(labelled, current[indices], 0)
+            per = per + labelled * (logsumexp(logits) - logits[np.arange(len(indices)), y])
     elif phase == "supervised":
         per = logsumexp(logits) - logits[np.arange(len(indices)), true_labels]
     else:
@@ -68,7 +75,7 @@ def reference_loss(model, bank, images, true_labels, indices, phase, weight_deca
         same = current[None, :] == y[:, None]
         agg = logsumexp(sims) - logsumexp(np.where(same, sims, -np.inf))
         cat = logsumexp(logits) - logits[np.arange(len(indices)), y]
-        per = conf * (agg + cat)
+        per = np.where(conf >= confidence_threshold, conf, 0.0) * (agg + cat)
     kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
     penalty = weight_decay * sum(np.sum(k.numpy().astype(np.float64) ** 2) for k in kernels)
     return per.mean() + penalty
@@ -90,6 +97,19 @@ def test_step_loss_and_bank_update_match_reference(phase):
     np.testing.assert_allclose(bank_after[indices.numpy()], blended, atol=1e-6)
     untouched = np.setdiff1d(np.arange(N), indices.numpy())
     np.testing.assert_array_equal(bank_after[untouched], bank_before[untouched])
+
+
+@pytest.mark.parametrize("phase, departure", [("instance", {"warmup_category_loss": True}),
+                                               ("llp", {"confidence_threshold": 0.6})])
+def test_departures_from_the_paper_match_reference(phase, departure):
+    model, _ = make_model(learning_rate=0.0, **departure)
+    model.phase = phase
+    images, true_labels, indices = next(iter(batches(steps=1)))
+    args = (model, model.state.bank.numpy(), images, true_labels.numpy(), indices.numpy(), phase)
+    expected = reference_loss(*args, **departure)
+    assert not np.isclose(expected, reference_loss(*args), rtol=1e-3)  # the departure matters here
+    history = model.fit(batches(steps=1), epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
 
 
 def test_confidence_and_category_switches_change_the_loss():

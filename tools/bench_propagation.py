@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import propagation
+from llp_tf.tools import machine
 
 flags.DEFINE_list("sizes", ["50000x5000", "100000x10000", "200000x20000"], "N x M sizes to measure")
 flags.DEFINE_integer("dim", 128, "D: embedding dimensions")
@@ -176,15 +177,6 @@ def available_mib():
 
 # ----------------------------------------------------------------------------- report
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or platform.machine()
-
-
 def best_seconds(functions, repeats):
     """{name: best wall seconds of `repeats` runs}, the methods interleaved run by run."""
     best = {name: float("inf") for name in functions}
@@ -201,9 +193,7 @@ def main(argv):
     if FLAGS.memory_child:
         memory_child(parse_size(FLAGS.memory_child))
         return
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(machine.describe())
     print(f"D={FLAGS.dim}, K={FLAGS.k}, T={FLAGS.t}, {chunks()}, best of {FLAGS.repeats} interleaved runs")
     print("| N | M | N*M | GFLOP | propagation s | GFLOP/s | TF matmul s | NumPy matmul s | matmul GFLOP/s "
           "| propagation / matmul rate | bank MiB | labelled copy MiB | block MiB | TF alone MiB | peak MiB "

@@ -10,8 +10,6 @@ processes hits every phase alike. Parts, each alone in its own tf.function:
             O(B N D) part that grows with the bank);
   update:   blending the batch into its bank rows (gather, normalise, scatter).
 """
-import os
-import platform
 import time
 
 import keras
@@ -23,6 +21,7 @@ from llp_tf import bank as bank_lib
 from llp_tf import losses
 from llp_tf.backbones import build_backbone
 from llp_tf.model import LLPModel, LLPState
+from llp_tf.tools import machine
 
 flags.DEFINE_list("bank_rows", ["10000", "60000", "200000"], "bank sizes N to measure")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")
@@ -101,18 +100,11 @@ def median_ms(functions):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main(argv):
     del argv
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(machine.describe())
     print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, batch {FLAGS.batch_size}, "
           f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps")
     print("| N | supervised ms | instance ms | LLP ms | instance / sup | LLP / sup | scoring ms | update ms |")
