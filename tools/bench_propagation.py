@@ -35,6 +35,8 @@ flags.DEFINE_integer("query_rows", propagation.Chunks().query_rows, "query rows 
 flags.DEFINE_integer("key_rows", propagation.Chunks().key_rows, "key rows per block")
 flags.DEFINE_integer("repeats", 2, "timed runs of each method (interleaved); the best is reported")
 flags.DEFINE_bool("memory", True, "measure the peak memory of each size in a fresh subprocess")
+flags.DEFINE_bool("block_parts", False, "instead: time the parts of one block's search (multiply, group "
+                  "maxima, the two top-k stages) at K and at T, each alone")
 flags.DEFINE_string("memory_child", None, "internal: run one propagation of this NxM and print memory")
 FLAGS = flags.FLAGS
 
@@ -188,12 +190,51 @@ def best_seconds(functions, repeats):
     return best
 
 
+def block_parts():
+    """Milliseconds of each part of one query block x key block search, each part alone (best of 5
+    rounds of 10 calls), on random scores: what the propagation adds to the multiply."""
+    rows, keys, dim = FLAGS.query_rows, FLAGS.key_rows, FLAGS.dim
+    rng = np.random.default_rng(0)
+    queries = tf.constant(rng.normal(size=(rows, dim)).astype(np.float32))
+    key_block = tf.constant(rng.normal(size=(dim, keys)).astype(np.float32))
+    scores = tf.matmul(queries, key_block)
+    print(f"one block of {rows} x {keys} scores, D={dim}; milliseconds per call")
+    parts = {"multiply": lambda: tf.matmul(queries, key_block)[:, :1]}
+    for k in (FLAGS.k, FLAGS.t):
+        group = propagation.group_size(keys, k)
+        grouped = tf.reshape(scores, [rows, keys // group, group])
+        maxima = tf.reduce_max(grouped, axis=2)
+        best_groups = tf.sort(tf.math.top_k(maxima, k)[1], axis=1)
+        candidates = tf.reshape(tf.gather(grouped, best_groups, batch_dims=1), [rows, -1])
+        parts.update({
+            f"k={k}: max over groups of {group}": lambda g=grouped: tf.reduce_max(g, axis=2)[:, :1],
+            f"k={k}: top_k of {keys // group} group maxima": lambda m=maxima, k=k: tf.math.top_k(m, k)[0][:, :1],
+            f"k={k}: top_k of {k * group} candidates": lambda c=candidates, k=k: tf.math.top_k(c, k)[0][:, :1],
+            f"k={k}: whole two-stage top-k": lambda k=k, g=group: propagation._top_k_of_block(  # pylint: disable=protected-access
+                scores, k, g)[0][:, :1],
+        })
+    for name, part in parts.items():
+        part = tf.function(part)
+        part()
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(10):
+                result = part()
+            np.asarray(result)
+            times.append((time.perf_counter() - started) * 100)
+        print(f"{name}: {min(times):.2f}")
+
+
 def main(argv):
     del argv
     if FLAGS.memory_child:
         memory_child(parse_size(FLAGS.memory_child))
         return
     print(machine.describe())
+    if FLAGS.block_parts:
+        block_parts()
+        return
     print(f"D={FLAGS.dim}, K={FLAGS.k}, T={FLAGS.t}, {chunks()}, best of {FLAGS.repeats} interleaved runs")
     print("| N | M | N*M | GFLOP | propagation s | GFLOP/s | TF matmul s | NumPy matmul s | matmul GFLOP/s "
           "| propagation / matmul rate | bank MiB | labelled copy MiB | block MiB | TF alone MiB | peak MiB "
