@@ -36,8 +36,14 @@ run cifar_sup_s0 --flagfile=$cifar --method=supervised
 run cifar_llp_s0 --flagfile=$cifar  # the faithful method (Fashion-MNIST's is in RESULTS.md already)
 run cifar_llp_from_sup_s0 --flagfile=$cifar --flagfile=$from_sup --init_from="$runs/cifar_sup_s0"
 run fmnist_sup_lr003_s0 --flagfile=$fmnist --method=supervised --learning_rate=0.03
+# LLP from the supervised network for 12 epochs instead of 6, learning rate dropped at epoch 9
+long=(--flagfile=$from_sup --epochs=12 --lr_drop_epochs=9)
+run cifar_llp_from_sup12_s0 --flagfile=$cifar "${long[@]}" --init_from="$runs/cifar_sup_s0"
 run cifar_sup_lr003_s0 --flagfile=$cifar --method=supervised --learning_rate=0.03
-run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_sup_s1 --flagfile=$cifar --method=supervised --seed=1
-run cifar_llp_s1 --flagfile=$cifar --seed=1
+run cifar_llp_from_sup12_s1 --flagfile=$cifar "${long[@]}" --seed=1 --init_from="$runs/cifar_sup_s1"
 run fmnist_sup_s1 --flagfile=$fmnist --method=supervised --seed=1
+run fmnist_llp_from_sup_s1 --flagfile=$fmnist --flagfile=$from_sup --seed=1 --init_from="$runs/fmnist_sup_s1"
+run fmnist_llp_from_sup12_s0 --flagfile=$fmnist "${long[@]}" --init_from="$runs/fmnist_sup_s0"
+run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
+run cifar_llp_s1 --flagfile=$cifar --seed=1
