@@ -186,3 +186,14 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     result = run_tool("llp_tf.tools.train", *common, f"--workdir={tmp_path / 'wider'}", "--width=2",
                       f"--init_from={supervised}", "--epochs=1", "--instance_epochs=0", check=False)
     assert result.returncode != 0 and "does not hold this network (--backbone=small_cnn" in result.stderr
+
+
+def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1):
+        (runs / f"tiny_llp_s{seed}").symlink_to(tiny_llp_run)
+    metrics = json.loads((tiny_llp_run / "metrics.json").read_text())
+    out = run_tool("llp_tf.tools.results_table", str(runs)).stdout
+    assert out.count("| tiny_llp_s") == 2
+    assert "| tiny_llp | npz:" in out and f"| 2 | {100 * metrics['val_top1']:.2f} | 0.00 |" in out

@@ -1,0 +1,73 @@
+"""Prints the RESULTS.md table of the finished runs in a directory (as tools/run_results.sh leaves it):
+one row per run with its settings that differ between runs, its results and wall time, then the mean
+and spread of every group of runs that differ only in --seed.
+
+  python tools/results_table.py runs [--match=cifar]
+"""
+import collections
+import glob
+import json
+import os
+import re
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("match", "", "only runs whose directory name contains this regular expression")
+FLAGS = flags.FLAGS
+
+SETTINGS = ("method", "learning_rate", "epochs", "instance_epochs", "labelled_per_batch", "init_from")
+
+
+def load_runs(directory):
+    runs = []
+    for path in sorted(glob.glob(os.path.join(directory, "*", "metrics.json"))):
+        workdir = os.path.dirname(path)
+        name = os.path.basename(workdir)
+        if FLAGS.match and not re.search(FLAGS.match, name):
+            continue
+        with open(path) as f:
+            metrics = json.load(f)
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = json.load(f)
+        runs.append((name, config, metrics))
+    return runs
+
+
+def percent(value):
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def describe(config):
+    text = f"{config['method']}, lr {config['learning_rate']}, {config['epochs']} ep"
+    if config["method"] != "supervised":
+        text += f" ({config['instance_epochs']} instance)"
+    if config.get("init_from"):
+        text += f", from {os.path.basename(os.path.normpath(config['init_from']))}"
+    if config.get("labelled_per_batch"):
+        text += f", {config['labelled_per_batch']} labelled/batch"
+    return text
+
+
+def main(argv):
+    runs = load_runs(argv[1] if len(argv) > 1 else "runs")
+    print("| run | dataset | settings | seed | val top-1 | val top-5 | kNN top-1 | pseudo-label acc. | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    groups = collections.defaultdict(list)
+    for name, config, metrics in runs:
+        print(f"| {name} | {config['dataset']} | {describe(config)} | {config['seed']} "
+              f"| {percent(metrics['val_top1'])} | {percent(metrics['val_top5'])} "
+              f"| {percent(metrics['knn_top1'])} | {percent(metrics['pseudo_label_accuracy'])} "
+              f"| {metrics['wall_seconds']:.0f} |")
+        groups[(config["dataset"], re.sub(r"_s\d+$", "", name))].append(metrics["val_top1"])
+    print()
+    print("| runs (all seeds) | dataset | seeds | val top-1 mean | spread (max - min) / 2 |")
+    print("|---|---|---|---|---|")
+    for (dataset, group), values in groups.items():
+        values = 100 * np.array(values)
+        print(f"| {group} | {dataset} | {len(values)} | {values.mean():.2f} "
+              f"| {(values.max() - values.min()) / 2:.2f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
