@@ -14,15 +14,12 @@ peak resident memory (VmHWM) after each part is printed.
 """
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import data
-from llp_tf.backbones import build_backbone
-from llp_tf.model import LLPModel, LLPState
-from llp_tf.tools import machine
+from llp_tf.tools import bench_common
 
 flags.DEFINE_string("dataset", "idx:/usr/share/datasets/fashion-mnist", "idx:DIR | folder:DIR | npz:FILE | tfds:NAME")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")
@@ -55,18 +52,15 @@ def images_per_second(next_batch, run_step, steps):
 
 
 def build_model(selection, num_classes, input_shape):
-    state = LLPState(selection.is_labelled, selection.labels, 128)
-    state.labels.assign(np.asarray(selection.labels, np.int64))  # as after a propagation
-    model = LLPModel(build_backbone(FLAGS.backbone, input_shape), num_classes, state)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    model(tf.zeros((1,) + input_shape))
+    model = bench_common.build_model(FLAGS.backbone, input_shape, num_classes, selection.is_labelled,
+                                     np.asarray(selection.labels, np.int64))
     model.phase = FLAGS.phase  # a Python branch of train_step: trace while it holds
     return model
 
 
 def main(argv):
     del argv
-    print(machine.describe())
+    print(bench_common.describe())
     started = time.perf_counter()
     source = data.load_source(FLAGS.dataset)
     selection = data.select_examples(source.labels("train"), FLAGS.labelled_fraction,

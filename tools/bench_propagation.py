@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import propagation
-from llp_tf.tools import machine
+from llp_tf.tools import bench_common
 
 flags.DEFINE_list("sizes", ["50000x5000", "100000x10000", "200000x20000"], "N x M sizes to measure")
 flags.DEFINE_integer("dim", 128, "D: embedding dimensions")
@@ -231,7 +231,7 @@ def main(argv):
     if FLAGS.memory_child:
         memory_child(parse_size(FLAGS.memory_child))
         return
-    print(machine.describe())
+    print(bench_common.describe())
     if FLAGS.block_parts:
         block_parts()
         return

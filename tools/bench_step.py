@@ -12,16 +12,13 @@ processes hits every phase alike. Parts, each alone in its own tf.function:
 """
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import bank as bank_lib
 from llp_tf import losses
-from llp_tf.backbones import build_backbone
-from llp_tf.model import LLPModel, LLPState
-from llp_tf.tools import machine
+from llp_tf.tools import bench_common
 
 flags.DEFINE_list("bank_rows", ["10000", "60000", "200000"], "bank sizes N to measure")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")
@@ -39,15 +36,9 @@ PHASES = ("supervised", "instance", "llp")
 
 def build_model(num_rows):
     rng = np.random.default_rng(0)
-    is_labelled = rng.random(num_rows) < 0.01
-    labels = rng.integers(0, FLAGS.num_classes, num_rows)
-    state = LLPState(is_labelled, labels, 128)
-    state.labels.assign(labels)  # as after a propagation
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-    model = LLPModel(build_backbone(FLAGS.backbone, shape, width=FLAGS.width), FLAGS.num_classes, state)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    model(tf.zeros((1,) + shape))
-    return model
+    return bench_common.build_model(FLAGS.backbone, shape, FLAGS.num_classes, rng.random(num_rows) < 0.01,
+                                    rng.integers(0, FLAGS.num_classes, num_rows), width=FLAGS.width)
 
 
 def step_functions(model, batch):
@@ -104,7 +95,7 @@ def median_ms(functions):
 
 def main(argv):
     del argv
-    print(machine.describe())
+    print(bench_common.describe())
     print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, batch {FLAGS.batch_size}, "
           f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps")
     print("| N | supervised ms | instance ms | LLP ms | instance / sup | LLP / sup | scoring ms | update ms |")

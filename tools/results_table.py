@@ -16,7 +16,6 @@ from absl import app, flags
 flags.DEFINE_string("match", "", "only runs whose directory name contains this regular expression")
 FLAGS = flags.FLAGS
 
-SETTINGS = ("method", "learning_rate", "epochs", "instance_epochs", "labelled_per_batch", "init_from")
 
 
 def load_runs(directory):
