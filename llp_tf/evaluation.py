@@ -96,13 +96,14 @@ def evaluate_model(model, dataset, class_names, knn_k=200, tau=0.07) -> dict:
     }
 
 
-def evaluate_workdir(workdir, checkpoint=None, split="test") -> dict:
+def evaluate_workdir(workdir, checkpoint=None, split="test", knn_k=None) -> dict:
     """Restores the run in `workdir` (its latest checkpoint, or `checkpoint`: a prefix such as
     WORKDIR/checkpoints/ckpt-3, or a directory of checkpoints) and evaluates it on `split`.
 
     split "test" is the held-out split (the one training reports as val_top1); "train" is every example
     of the training split, where knn_top1 is optimistic: the labelled examples are in the bank.
-    The run is rebuilt from workdir/config.json on one device in float32 (llp_tf.export.restore_model),
+    knn_k: neighbours of knn_top1 (default: the run's eval_knn_k; 1 gives the 1-NN accuracy by which
+    the paper compares ablations). The run is rebuilt from workdir/config.json on one device in float32 (llp_tf.export.restore_model),
     so its dataset must still be readable. Returns the dict llp-eval writes as JSON.
     """
     from llp_tf import data, export  # here, not at the top: llp_tf.train imports this module
@@ -113,7 +114,9 @@ def evaluate_workdir(workdir, checkpoint=None, split="test") -> dict:
     path = export.checkpoint_path(workdir, checkpoint)  # resolved once: training may save meanwhile
     model, run = export.restore_model(workdir, path)
     dataset = data.eval_dataset(run.source, split, config.batch_size, run.image_size)
-    results = evaluate_model(model, dataset, run.source.class_names, knn_k=config.eval_knn_k,
+    if knn_k is not None and knn_k < 1:
+        raise ValueError(f"knn_k must be >= 1, got {knn_k}")
+    results = evaluate_model(model, dataset, run.source.class_names, knn_k=knn_k or config.eval_knn_k,
                              tau=config.tau)
     return {"workdir": workdir, "checkpoint": path, "epoch": int(model.state.completed_epochs.numpy()),
             "split": split, "dataset": config.dataset, "method": config.method, **results}

@@ -17,23 +17,23 @@ def bank_logits(embeddings: tf.Tensor, bank: tf.Tensor, tau: float) -> tf.Tensor
 
 def aggregation_loss(embeddings, bank, bank_labels, labels, tau: float) -> tf.Tensor:
     """-log P(A|v), A = every bank row whose current label equals the example's (Eq. 2-3). [B]."""
-    in_set = tf.equal(bank_labels[None, :], tf.cast(labels, bank_labels.dtype)[:, None])
-    return minus_log_share(embeddings, bank, in_set, tau)
+    return minus_log_share(embeddings, bank, bank_labels, tf.cast(labels, bank_labels.dtype), tau)
 
 
 def instance_loss(embeddings, bank, indices, tau: float) -> tf.Tensor:
     """-log P(i|v) with i the example's own row: the aggregation loss when every example is its own
     class (the instance-recognition warm-up). [B]."""
-    own = tf.one_hot(indices, tf.shape(bank)[0], on_value=True, off_value=False)
-    return minus_log_share(embeddings, bank, own, tau)
+    indices = tf.cast(indices, tf.int64)
+    return minus_log_share(embeddings, bank, tf.range(tf.shape(bank, out_type=tf.int64)[0]), indices, tau)
 
 
 # Above this tau, exp(-2 / tau) is a normal float32 (> exp(-87)): the unit-vector path is exact.
 UNIT_PATH_MIN_TAU = 2.0 / 80.0
 
 
-def minus_log_share(embeddings, bank, in_set, tau: float) -> tf.Tensor:
-    """-log(sum_{in_set} exp(logits) / sum_all exp(logits)) per row, logits = bank_logits. [B].
+def minus_log_share(embeddings, bank, bank_keys, keys, tau: float) -> tf.Tensor:
+    """-log(sum_{j in A} exp(logits_j) / sum_j exp(logits_j)) per row b, A = {j: bank_keys[j] = keys[b]},
+    logits = bank_logits. [B].
 
     Embeddings and bank rows are unit vectors, so logits - 1/tau lies in [-2/tau, 0]: for
     tau >= UNIT_PATH_MIN_TAU its exp neither overflows nor underflows in float32 and needs no
@@ -43,30 +43,51 @@ def minus_log_share(embeddings, bank, in_set, tau: float) -> tf.Tensor:
     """
     bank = tf.stop_gradient(bank)
     if tau < UNIT_PATH_MIN_TAU:
+        in_set = tf.equal(bank_keys[None, :], keys[:, None])
         return _minus_log_share_log_space(bank_logits(embeddings, bank, tau), in_set)
-    return _minus_log_share_unit(tf.cast(embeddings, bank.dtype), bank, in_set, tau)
+    return _minus_log_share_unit(tf.cast(embeddings, bank.dtype), bank, bank_keys, keys, tau)
 
 
-def _minus_log_share_unit(embeddings, bank, in_set, tau):
+def _minus_log_share_unit(embeddings, bank, bank_keys, keys, tau):
     @tf.custom_gradient
     def loss_of(embeddings):
-        weights = tf.exp(tf.matmul(embeddings / tau, bank, transpose_b=True) - 1.0 / tau)
-        zeros = tf.zeros_like(weights)
-        inside = tf.reduce_sum(tf.where(in_set, weights, zeros), axis=1)
-        outside = tf.reduce_sum(tf.where(in_set, zeros, weights), axis=1)
+        logits = tf.matmul(embeddings / tau, bank, transpose_b=True)
+        weights, inside, outside = _weights_and_sums(logits, bank_keys, keys, tau)
         total = inside + outside
 
         def gradient(upstream):
-            # d loss / d logit_j = w_j / total - [j in set] w_j / inside, with 1/total - 1/inside
+            # d loss / d logit_j = w_j / total - [j in A] w_j / inside, with 1/total - 1/inside
             # written as -outside / (total * inside) so that it does not cancel either.
             per_outside = upstream / total
             per_inside = -upstream * outside / (total * inside)
-            coefficients = tf.where(in_set, per_inside[:, None], per_outside[:, None])
-            return tf.matmul(weights * coefficients, bank) / tau
+            logit_gradient = _weighted_by_membership(weights, bank_keys, keys, per_inside, per_outside)
+            return tf.matmul(logit_gradient, bank) / tau
 
         return tf.math.log1p(outside / inside), gradient
 
     return loss_of(embeddings)
+
+
+# XLA fuses each function's elementwise work on the [B, N] block into one pass that never
+# materialises the [B, N] membership mask; unfused, these passes cost more than the two matrix
+# multiplies. The multiplies stay outside XLA: TensorFlow's own (oneDNN on CPU) were faster
+# (tools/bench_step.py, BUILD.md).
+@tf.function(jit_compile=True)
+def _weights_and_sums(logits, bank_keys, keys, tau):
+    """(w = exp(logits - 1/tau) [B, N], sum of w over A [B], sum of w outside A [B])."""
+    weights = tf.exp(logits - 1.0 / tau)
+    in_set = tf.equal(bank_keys[None, :], keys[:, None])
+    zeros = tf.zeros_like(weights)
+    inside = tf.reduce_sum(tf.where(in_set, weights, zeros), axis=1)
+    outside = tf.reduce_sum(tf.where(in_set, zeros, weights), axis=1)
+    return weights, inside, outside
+
+
+@tf.function(jit_compile=True)
+def _weighted_by_membership(weights, bank_keys, keys, per_inside, per_outside):
+    """w_bj * (per_inside_b if j in A_b else per_outside_b). [B, N]."""
+    in_set = tf.equal(bank_keys[None, :], keys[:, None])
+    return weights * tf.where(in_set, per_inside[:, None], per_outside[:, None])
 
 
 def _minus_log_share_log_space(logits, in_set):

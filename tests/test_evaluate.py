@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import evaluation
+from llp_tf import data, evaluation, export
 from tests.datasets import write_npz
 from tests.conftest import TINY, run_tool, scalar_series
 
@@ -74,6 +74,28 @@ def test_an_earlier_checkpoint_gives_its_epoch(trained, tmp_path):
     # Training validated epoch 1 with these very weights (the checkpoint follows the validation).
     val_top1 = scalar_series(os.path.join(workdir, "tensorboard"), "val/top1")
     np.testing.assert_allclose(results["top1"], val_top1[0], atol=1e-6)
+
+
+def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
+    """--knn_k=1 (the paper's ablation metric): the label of the most similar labelled bank row, by a
+    float64 reference on the restored model's test embeddings."""
+    _, workdir, _, _ = trained
+    output = tmp_path / "one_nn.json"
+    run_tool("llp_tf.tools.evaluate", f"--workdir={workdir}", "--knn_k=1", f"--output={output}")
+    results = json.loads(output.read_text())
+    assert results["knn_k"] == 1
+    model, run = export.restore_model(workdir)
+    embeddings, labels = [], []
+    for images, true_labels, _ in data.eval_dataset(run.source, "test", 64, run.image_size):
+        embeddings.append(model(images)["embeddings"].numpy())
+        labels.append(true_labels.numpy())
+    embeddings, labels = np.concatenate(embeddings).astype(np.float64), np.concatenate(labels)
+    is_labelled = model.state.is_labelled.numpy()
+    bank = model.state.bank.numpy()[is_labelled].astype(np.float64)
+    nearest = model.state.labels.numpy()[is_labelled][np.argmax(embeddings @ bank.T, axis=1)]
+    np.testing.assert_allclose(results["knn_top1"], np.mean(nearest == labels), atol=1e-12)
+    with pytest.raises(ValueError, match="knn_k must be >= 1"):
+        evaluation.evaluate_workdir(workdir, knn_k=0)
 
 
 def test_training_split(trained):

@@ -1,12 +1,12 @@
 """llp-eval: evaluates a trained run's checkpoint on its test (or training) split.
 
   llp-eval --workdir=runs/my_run [--checkpoint=runs/my_run/checkpoints/ckpt-7] [--split=test|train]
-           [--output=FILE]
+           [--knn_k=K] [--output=FILE]
 
 The run is rebuilt from WORKDIR/config.json (its dataset must still be readable) and restored from its
 latest checkpoint, or from --checkpoint. Writes JSON (default WORKDIR/eval_<split>.json) with top1, top5
 (null under 6 classes), knn_top1 (weighted kNN from the bank's labelled rows, k = the run's
-eval_knn_k), per_class_accuracy, confusion_matrix (rows = true class), num_examples, checkpoint and
+eval_knn_k or --knn_k), per_class_accuracy, confusion_matrix (rows = true class), num_examples, checkpoint and
 epoch, and prints a summary. See llp_tf/evaluation.py.
 """
 import json
@@ -18,6 +18,8 @@ from absl import app, flags, logging
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to evaluate; default: the latest")
 flags.DEFINE_string("split", "test", "test (held out) | train (every training example)")
+flags.DEFINE_integer("knn_k", None, "neighbours of knn_top1; default: the run's --eval_knn_k (1: the "
+                     "1-NN accuracy by which the paper compares ablations)")
 flags.DEFINE_string("output", None, "JSON file to write; default: WORKDIR/eval_<split>.json")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
@@ -32,7 +34,8 @@ def main(argv):
 
     output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}.json")
     try:
-        results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)
+        results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
+                                               FLAGS.knn_k)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-eval: {error}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

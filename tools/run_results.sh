@@ -47,3 +47,23 @@ run fmnist_llp_from_sup_s1 --flagfile=$fmnist --flagfile=$from_sup --seed=1 --in
 run fmnist_llp_from_sup12_s0 --flagfile=$fmnist "${long[@]}" --init_from="$runs/fmnist_sup_s0"
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
+# Session 4. Paper Table 6 ablations on CIFAR-10 at 1%, each from the supervised network like the
+# 6-epoch cifar_llp_from_sup_s0 (which is top10wclw, the full method), compared by 1-NN accuracy.
+for ablation in top50 top50woc top50lw top50wc top10 top5 top20; do
+  run cifar_abl_${ablation}_s0 --flagfile=$cifar --flagfile=$from_sup --flagfile=flags/ablation/$ablation.cfg \
+    --init_from="$runs/cifar_sup_s0"
+done
+# The non-iterative foil from the same start: one propagation from the supervised network, then
+# training on those fixed pseudo-labels.
+run cifar_two_stage_s0 --flagfile=$cifar --flagfile=$from_sup --method=two_stage --init_from="$runs/cifar_sup_s0"
+run fmnist_two_stage_s0 --flagfile=$fmnist --flagfile=$from_sup --method=two_stage --init_from="$runs/fmnist_sup_s0"
+# 5% and 10% labels: supervised, then LLP from it (each dataset's 1% headline schedule).
+for percent in 10 5; do
+  fraction=--labelled_fraction=0.$(printf %02d $percent)
+  run fmnist_sup_p${percent}_s0 --flagfile=$fmnist $fraction --method=supervised
+  run fmnist_llp_from_sup_p${percent}_s0 --flagfile=$fmnist --flagfile=$from_sup $fraction \
+    --init_from="$runs/fmnist_sup_p${percent}_s0"
+  run cifar_sup_p${percent}_s0 --flagfile=$cifar $fraction --method=supervised
+  run cifar_llp_from_sup12_p${percent}_s0 --flagfile=$cifar "${long[@]}" $fraction \
+    --init_from="$runs/cifar_sup_p${percent}_s0"
+done
