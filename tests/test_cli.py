@@ -197,3 +197,15 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     out = run_tool("llp_tf.tools.results_table", str(runs)).stdout
     assert out.count("| tiny_llp_s") == 2
     assert "| tiny_llp | npz:" in out and f"| 2 | {100 * metrics['val_top1']:.2f} | 0.00 |" in out
+    config = json.loads((tiny_llp_run / "config.json").read_text())
+    assert f"{100 * config['labelled_fraction']:g}% labels, llp, " in out and f", K={config['k']}" in out
+    assert f"{100 * metrics['knn_top1']:.2f} (k={config['eval_knn_k']})" in out
+    assert ", no " not in out  # every Table 6 ingredient is on; the ablations name those switched off
+    ablation = tmp_path / "ablation"
+    ablation.mkdir()
+    for name in ("metrics.json", "config.json"):
+        (ablation / name).write_text((tiny_llp_run / name).read_text())
+    (ablation / "config.json").write_text(json.dumps({**config, "use_density": False, "use_category_loss": False}))
+    (runs / "tiny_abl_s0").symlink_to(ablation)
+    out = run_tool("llp_tf.tools.results_table", str(runs), "--match=abl").stdout
+    assert ", no density, no category loss" in out and "tiny_llp_s" not in out

@@ -38,9 +38,14 @@ def percent(value):
 
 
 def describe(config):
-    text = f"{config['method']}, lr {config['learning_rate']}, {config['epochs']} ep"
+    text = (f"{100 * config['labelled_fraction']:g}% labels, {config['method']}, lr {config['learning_rate']}, "
+            f"{config['epochs']} ep")
     if config["method"] != "supervised":
-        text += f" ({config['instance_epochs']} instance)"
+        text += f" ({config['instance_epochs']} instance), K={config['k']}"
+        # The paper's Table 6 ingredients, named where they are switched off.
+        text += "".join(f", no {name}" for name, key in (
+            ("density", "use_density"), ("confidence", "use_confidence"),
+            ("category loss", "use_category_loss")) if not config.get(key, True))
     if config.get("init_from"):
         text += f", from {os.path.basename(os.path.normpath(config['init_from']))}"
     if config.get("labelled_per_batch"):
@@ -56,7 +61,7 @@ def main(argv):
     for name, config, metrics in runs:
         print(f"| {name} | {config['dataset']} | {describe(config)} | {config['seed']} "
               f"| {percent(metrics['val_top1'])} | {percent(metrics['val_top5'])} "
-              f"| {percent(metrics['knn_top1'])} | {percent(metrics['pseudo_label_accuracy'])} "
+              f"| {percent(metrics['knn_top1'])} (k={config['eval_knn_k']}) | {percent(metrics['pseudo_label_accuracy'])} "
               f"| {metrics['wall_seconds']:.0f} |")
         groups[(config["dataset"], re.sub(r"_s\d+$", "", name))].append(metrics["val_top1"])
     print()
