@@ -109,6 +109,10 @@ class TrainConfig:
             raise ValueError(f"--confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
         if self.confidence_threshold and not self.use_confidence:
             raise ValueError("--confidence_threshold needs --use_confidence")
+        if self.jit_compile and self.cpu_replicas > 1:
+            raise ValueError(f"--jit_compile cannot run under --cpu_replicas={self.cpu_replicas}: XLA "
+                             "cannot reach the other logical CPUs' variable copies (a TensorFlow "
+                             "limitation); use it on GPUs or on one CPU")
         if self.bank_init not in ("network", "random"):
             raise ValueError(f"--bank_init must be network or random, got {self.bank_init!r}")
 

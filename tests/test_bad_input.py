@@ -265,8 +265,9 @@ def tiny_config(tiny_npz, workdir, **overrides):
     (dict(dataset="csv:/data"), "unknown dataset 'csv:/data'"),
     (dict(dataset="npz:/nonexistent/tiny.npz"), "/nonexistent/tiny.npz does not exist"),
     (dict(on_bad_image="ignore"), "--on_bad_image must be one of ('error', 'skip'), got 'ignore'"),
+    (dict(jit_compile=True, cpu_replicas=2), "--jit_compile cannot run under --cpu_replicas=2"),
 ], ids=["no_labelled_example", "k_above_labelled", "t_not_below_n", "tau_zero", "unknown_scheme",
-        "missing_path", "unknown_bad_image_policy"])
+        "missing_path", "unknown_bad_image_policy", "jit_on_logical_cpus"])
 def test_bad_settings_are_refused_before_training(tiny_npz, tmp_path, overrides, message):
     workdir = tmp_path / "run"
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):

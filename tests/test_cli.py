@@ -62,6 +62,17 @@ def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
     assert resumed["wall_seconds"] < first["wall_seconds"] * 1.5  # one more epoch, not three
 
 
+def test_xla_compiled_step_in_bfloat16_trains(tiny_npz, tmp_path):
+    """--jit_compile with mixed precision, as on a GPU: the loss's own XLA functions nest inside the
+    compiled step and its custom gradient compiles; the run finishes with finite results."""
+    workdir = tmp_path / "xla"
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
+             "--epochs=2", "--instance_epochs=1", "--jit_compile", "--mixed_precision=mixed_bfloat16")
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and len(metrics["pseudo_label_accuracy_history"]) == 2
+    assert all(np.isfinite(metrics[key]) for key in ("val_top1", "knn_top1", "pseudo_label_accuracy"))
+
+
 def test_two_stage_baseline_propagates_once_and_keeps_its_pseudo_labels(tiny_npz, tmp_path):
     """The non-iterative foil: instance recognition, one weighted-kNN propagation at the switch, then
     training on those labels; LLP (test above) propagates after every epoch instead."""
