@@ -220,3 +220,33 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     (runs / "tiny_abl_s0").symlink_to(ablation)
     out = run_tool("llp_tf.tools.results_table", str(runs), "--match=abl").stdout
     assert ", no density, no category loss" in out and "tiny_llp_s" not in out
+
+
+def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
+    """tools/first_propagation.py: the classifier's and the embedding head's propagation accuracy on
+    the unlabelled rows, against the same computed here from the restored network."""
+    from llp_tf import export
+
+    output = tmp_path / "first.json"
+    run_tool("llp_tf.tools.first_propagation", f"--workdir={tiny_llp_run}", "--k=5",
+             f"--output_json={output}")
+    results = json.loads(output.read_text())
+    model, run = export.restore_model(str(tiny_llp_run))
+    num_rows, num_classes = model.state.num_examples, model.num_classes
+    embeddings = np.zeros([num_rows, model.state.bank.shape[1]], np.float32)
+    logits, labels = np.zeros([num_rows, num_classes]), np.zeros(num_rows, int)
+    for images, true_labels, indices in run.ordered_train_dataset():
+        outputs = model(images, training=False)
+        embeddings[indices.numpy()] = outputs["embeddings"].numpy()
+        logits[indices.numpy()] = outputs["logits"].numpy()
+        labels[indices.numpy()] = true_labels.numpy()
+    is_labelled = model.state.is_labelled.numpy()
+    pseudo = propagation.propagate(embeddings, is_labelled, np.where(is_labelled, labels, -1), num_classes, k=5,
+                                   t=run.config.t, tau=run.config.tau).labels
+    unlabelled = ~is_labelled
+    one_row = 1.0 / unlabelled.sum()  # float32 embeddings computed in other batches may flip a tie
+    assert results["embedding head, K=5, LLP (density)"] == pytest.approx(
+        np.mean(pseudo[unlabelled] == labels[unlabelled]), abs=one_row)
+    assert results["classifier"] == pytest.approx(
+        np.mean(logits.argmax(1)[unlabelled] == labels[unlabelled]), abs=one_row)
+    assert len(results) == 1 + 4 * 2  # classifier; 4 feature kinds x (density, kNN) at one K
