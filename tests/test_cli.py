@@ -250,3 +250,27 @@ def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
     assert results["classifier"] == pytest.approx(
         np.mean(logits.argmax(1)[unlabelled] == labels[unlabelled]), abs=one_row)
     assert len(results) == 1 + 4 * 2  # classifier; 4 feature kinds x (density, kNN) at one K
+
+
+def test_every_run_behind_results_parses_into_a_valid_config(monkeypatch, tmp_path):
+    """tools/run_results.sh (dry run): each run's arguments, flagfiles included, make a valid llp-train
+    config, every run has its own workdir, and every --init_from names a run listed before it."""
+    import shlex
+    import subprocess
+
+    runs = tmp_path / "runs"
+    listing = subprocess.run(["bash", os.path.join(ROOT, "tools", "run_results.sh"), str(runs)],
+                             env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True)
+    lines = listing.stdout.splitlines()
+    assert len(lines) >= 20 and not runs.exists()
+    monkeypatch.chdir(ROOT)
+    workdirs = []
+    for line in lines:
+        flag_values = flags.FlagValues()
+        train_tool.define_config_flags(flag_values)
+        flag_values(["llp-train", *shlex.split(line)])
+        config = train_tool.config_from_flags(flag_values)
+        config.validate()
+        assert config.init_from is None or config.init_from in workdirs, line
+        workdirs.append(config.workdir)
+    assert len(set(workdirs)) == len(workdirs)
