@@ -93,7 +93,10 @@ class LLPModel(keras.Model):
             self.train_function = None  # retrace: the phase is a Python branch of train_step
 
     def call(self, images, training=False):
-        features = self.backbone(images, training=training)
+        return self.heads(self.backbone(images, training=training))
+
+    def heads(self, features):
+        """{"embeddings": L2-normalised embedding, "logits": class logits} of pooled backbone features."""
         embeddings = tf.math.l2_normalize(self.embedding_head(features), axis=1)
         return {"embeddings": embeddings, "logits": self.classifier(features)}
 

@@ -29,8 +29,8 @@ def network_outputs(model, run):
 
     @tf.function
     def outputs(images):
-        features = model.backbone(images, training=False)
-        heads = model(images, training=False)
+        features = model.backbone(images, training=False)  # once: the heads take it from here
+        heads = model.heads(features)
         return features, heads["embeddings"], tf.nn.softmax(heads["logits"])
 
     columns = [[], [], [], [], []]
