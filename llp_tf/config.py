@@ -66,8 +66,8 @@ class TrainConfig:
         None, "(departure) workdir of a finished run of the same network (e.g. --method=supervised) "
         "whose weights start this one; its bank, labels and optimizer are not taken")
     eval_knn_k: int = setting(200, "neighbours of the kNN evaluation (capped at the labelled count)")
-    propagation_query_rows: int = setting(1024, "query rows per propagation block")
-    propagation_key_rows: int = setting(16384, "key rows per propagation block")
+    propagation_query_rows: int = setting(512, "query rows per propagation block")
+    propagation_key_rows: int = setting(32768, "key rows per propagation block")
     strategy: str = setting(
         "auto", "auto | mirrored | multiworker (the cluster in TF_CONFIG) | default; auto: multiworker "
         "when TF_CONFIG names several workers, else mirrored over several GPUs, else default")

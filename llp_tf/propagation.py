@@ -3,7 +3,7 @@
 Every pass scores a block of query rows against a block of key rows ([query_rows, key_rows] floats
 at most) with one matrix multiply, keeps the best k keys of each query, and reduces each query block
 to its outputs (log-density, or label and confidence) before the next. Cost O(N M D); memory is the
-bank, a copy of the keys when they are not all rows (the M labelled rows), the outputs and a fixed
+bank, a copy of the keys when they are not all rows (the M labelled rows) or carry a bias, the outputs and a fixed
 workspace of a few blocks. Under a tf.distribute strategy the query rows are split across its
 replicas, each searching the whole bank (O(N M D / P) per replica). The functions are dtype-generic
 (float32 in training, float64 in tests).
@@ -12,7 +12,9 @@ The top-k of a score block is the costly part after the multiply: tf.math.top_k 
 costs more than the multiply on CPU. It runs in two stages instead (_top_k_of_block): top_k over the
 maxima of groups of columns, then over the columns of the best groups, which touches each score
 once in a vectorised max and leaves top_k only about 2 sqrt(k n) of the n columns; from the second
-key block on, scores below the running k-th best are masked out first.
+key block on, scores below the running k-th best are masked out first. top_k's cost is mostly per
+query row and key block, so key blocks are long (32,768 keys) and query blocks short. A bias on the
+keys (LLP's -log density) is one more dimension of the multiply, not a pass over the block.
 """
 import dataclasses
 import typing
@@ -25,8 +27,8 @@ import tensorflow as tf
 class Chunks:
     """Block sizes of a chunked pass: the score block is query_rows x key_rows floats. A pass over
     fewer keys than key_rows takes proportionally more query rows (same block area)."""
-    query_rows: int = 1024
-    key_rows: int = 16384
+    query_rows: int = 512
+    key_rows: int = 32768
 
 
 @dataclasses.dataclass
@@ -62,12 +64,11 @@ def _top_k_of_block(scores, k, group, floor=None):
     rows, columns = tf.shape(scores)[0], tf.shape(scores)[1]
     k = tf.minimum(k, columns)
     num_groups = (columns + group - 1) // group
+    minus_inf = tf.constant(-np.inf, scores.dtype)
     # A no-op (no copy) unless the block is a partial last one.
-    padded = tf.pad(scores, [[0, 0], [0, num_groups * group - columns]],
-                    constant_values=tf.constant(-np.inf, scores.dtype))
+    padded = tf.pad(scores, [[0, 0], [0, num_groups * group - columns]], constant_values=minus_inf)
     grouped = tf.reshape(padded, [rows, num_groups, group])
     maxima = tf.reduce_max(grouped, axis=2)
-    minus_inf = tf.constant(-np.inf, scores.dtype)
     if floor is not None:
         maxima = tf.where(maxima > floor[:, None], maxima, minus_inf)
     _, best_groups = tf.math.top_k(maxima, tf.minimum(k, num_groups))
@@ -79,22 +80,13 @@ def _top_k_of_block(scores, k, group, floor=None):
     return values, tf.gather(best_groups, picks // group, batch_dims=1) * group + picks % group
 
 
-@tf.function(jit_compile=True)
-def _biased_top_k_of_block(scores, bias, k, group, floor):
-    """_top_k_of_block of scores + bias (bias [n] or None). XLA fuses the bias into the group maxima's
-    pass over the block, one read of it instead of three (tools/bench_propagation.py, BUILD.md)."""
-    if bias is not None:
-        scores = tf.nn.bias_add(scores, bias)
-    return _top_k_of_block(scores, k, group, floor)
-
-
-def _nearest_keys(queries, keys, key_bias, k, key_block, group):
-    """The k keys with the highest queries . keys + key_bias, one key block at a time, merging the
-    running best (earlier blocks first, so ties keep going to the lower key id); the running k-th
-    best score is the floor of the next block's top-k.
+def _nearest_keys(queries, keys, k, key_block, group):
+    """The k keys with the highest queries . keys, one key block at a time, merging the running best
+    (earlier blocks first, so ties keep going to the lower key id); the running k-th best score is
+    the floor of the next block's top-k.
 
     keys: the bank itself [N, D] (blocks of key_block rows), or a copy cut into transposed blocks
-    [num_blocks, D, key_block] (the faster layout for the multiply), key_bias then [num_blocks, key_block].
+    [num_blocks, D', key_block] (the faster layout for the multiply; see _key_blocks).
     Returns (scores [q, k'], key ids [q, k'] int32), k' = min(k, number of keys).
     """
     transposed = len(keys.shape) == 3
@@ -103,12 +95,10 @@ def _nearest_keys(queries, keys, key_bias, k, key_block, group):
         start = index * key_block
         if transposed:
             scores = tf.matmul(queries, keys[index])
-            bias = None if key_bias is None else key_bias[index]
         else:
             block = _bank_slice(keys, start, tf.minimum(start + key_block, _size(keys, 0)))
             scores = tf.matmul(queries, block, transpose_b=True)
-            bias = None if key_bias is None else key_bias[start:start + key_block]
-        values, columns = _biased_top_k_of_block(scores, bias, k, group, floor)
+        values, columns = _top_k_of_block(scores, k, group, floor)
         return values, columns + start
 
     num_blocks = _size(keys, 0) if transposed else (_size(keys, 0) + key_block - 1) // key_block
@@ -189,7 +179,7 @@ def _output_dtypes(pass_, dtype):
     return {"neighbours": (dtype, tf.int32), "log_density": (dtype,), "vote": (tf.int64, dtype)}[pass_.output]
 
 
-def _query_blocks(pass_, bank, keys, key_bias, key_labels, query_rows, self_ids, inv_tau, query_block):
+def _query_blocks(pass_, bank, keys, biased, key_labels, query_rows, self_ids, inv_tau, query_block):
     """The pass's outputs for query_rows, one block of query_block rows at a time (a tf.while_loop
     that runs one query block at a time: the workspace is two score blocks, see _nearest_keys)."""
     num_queries = tf.shape(query_rows)[0]
@@ -202,12 +192,26 @@ def _query_blocks(pass_, bank, keys, key_bias, key_labels, query_rows, self_ids,
         start = index * query_block
         stop = tf.minimum(start + query_block, num_queries)
         queries = _bank_rows(bank, query_rows[start:stop]) * inv_tau
-        scores, ids = _nearest_keys(queries, keys, key_bias, search_k, pass_.key_block, pass_.group)
+        if biased:  # meets the keys' bias row (see _key_blocks)
+            queries = tf.concat([queries, tf.ones([stop - start, 1], queries.dtype)], axis=1)
+        scores, ids = _nearest_keys(queries, keys, search_k, pass_.key_block, pass_.group)
         if pass_.exclude_self:
             scores, ids = _drop_self(scores, ids, self_ids[start:stop], pass_.k)
         outputs = _finish(pass_, scores, ids, key_labels)
         arrays = tuple(array.write(index, output) for array, output in zip(arrays, outputs))
     return tuple(array.concat() for array in arrays)
+
+
+def _key_blocks(key_vectors, key_bias, key_block):
+    """Key rows [M, D] cut into transposed blocks [M / key_block, D, key_block], the faster layout for
+    the multiply. With key_bias [M / key_block, key_block], each block gets one more row holding the
+    bias, which the queries meet with a 1: the multiply adds the bias (at the cost of D + 1 instead
+    of D, which measured the same), so no pass over the score block has to."""
+    blocks = tf.reshape(key_vectors, [-1, key_block, tf.shape(key_vectors)[1]])
+    blocks = tf.transpose(blocks, [0, 2, 1])
+    if key_bias is None:
+        return blocks
+    return tf.concat([blocks, key_bias[:, None, :]], axis=1)
 
 
 def replica_share(num_rows, replica, num_replicas):
@@ -233,9 +237,9 @@ def _run_pass(strategy, pass_, bank, query_rows, self_ids, key_rows, key_bias, k
         if key_rows is None:
             keys = bank
         else:
-            blocks = tf.reshape(_bank_rows(bank, key_rows), [-1, pass_.key_block, _size(bank, 1)])
-            keys = tf.transpose(blocks, [0, 2, 1])
-        return _query_blocks(pass_, bank, keys, key_bias, key_labels, tf.gather(query_rows, positions),
+            keys = _key_blocks(_bank_rows(bank, key_rows), key_bias, pass_.key_block)
+        return _query_blocks(pass_, bank, keys, key_bias is not None, key_labels,
+                             tf.gather(query_rows, positions),
                              None if self_ids is None else tf.gather(self_ids, positions), inv_tau,
                              query_block)
 
@@ -284,7 +288,9 @@ def _search(output, bank, query_rows, key_rows, k, tau, key_bias=None, key_label
     if not 1 <= search_k <= num_keys:
         raise ValueError(f"k={k} neighbours {'besides the query itself ' if exclude_self else ''}"
                          f"need 1 <= k{' + 1' if exclude_self else ''} <= the {num_keys} keys")
-    all_rows = num_keys == num_rows and np.array_equal(key_rows, np.arange(num_rows))
+    # The bank itself serves as the keys, uncopied, when they are all its rows and carry no bias.
+    all_rows = (key_bias is None and num_keys == num_rows
+                and np.array_equal(key_rows, np.arange(num_rows)))
     blocks = block_layout(num_keys, search_k, chunks, all_rows)
     self_ids = None
     if exclude_self:  # each query's own position among the keys, -1 where it is not a key

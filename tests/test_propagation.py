@@ -296,17 +296,24 @@ def test_numpy_integer_sizes_are_accepted(size):
 
 def test_two_stage_top_k_equals_top_k_with_ties():
     """_top_k_of_block (top_k of group maxima, then of the best groups' columns) gives exactly
-    tf.math.top_k, ties to the lower column included: scores drawn from a few integers tie often."""
+    tf.math.top_k, ties to the lower column included: scores drawn from a few integers tie often.
+    With a floor, the entries above it are exactly top_k's, the rest -inf."""
     rng = np.random.default_rng(SEED)
-    for _ in range(60):
+    for trial in range(80):
         rows, columns, k = rng.integers(1, 5), rng.integers(1, 300), int(rng.integers(1, 40))
         group = int(2 ** rng.integers(0, 5))
         scores = rng.integers(0, rng.integers(2, 40), size=(rows, columns)).astype(np.float32)
-        values, positions = prop._top_k_of_block(tf.constant(scores), k, group)
+        floor = rng.integers(0, 40, size=rows).astype(np.float32) if trial % 2 else None
+        values, positions = prop._top_k_of_block(tf.constant(scores), k, group,
+                                                 None if floor is None else tf.constant(floor))
         expected = tf.math.top_k(scores, min(k, columns))
-        case = f"{rows}x{columns}, k={k}, group={group}"
-        np.testing.assert_array_equal(values, expected.values, err_msg=case)
-        np.testing.assert_array_equal(positions, expected.indices, err_msg=case)
+        case = f"{rows}x{columns}, k={k}, group={group}, floor={floor}"
+        above = np.ones(expected.values.shape, bool) if floor is None else expected.values.numpy() > floor[:, None]
+        np.testing.assert_array_equal(np.where(above, values, -np.inf),
+                                      np.where(above, expected.values, -np.inf), err_msg=case)
+        np.testing.assert_array_equal(values.numpy()[~above], -np.inf, err_msg=case)
+        np.testing.assert_array_equal(np.where(above, positions, -1), np.where(above, expected.indices, -1),
+                                      err_msg=case)
 
 
 @pytest.mark.parametrize("keys", ["all_rows", "labelled_rows"])
@@ -396,3 +403,15 @@ def test_variable_banks_of_different_sizes_in_one_process():
                                 given[:rows], NUM_CLASSES, k=K, t=T, tau=TAU, chunks=chunks)
     assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
                              "float32", "llp")
+
+
+def test_command_line_block_sizes_default_to_chunks():
+    """llp-train's and llp-propagate's block sizes default to propagation.Chunks(), the measured best."""
+    from llp_tf import config
+    from llp_tf.tools import propagate  # pylint: disable=unused-import  (defines its flags)
+    from absl import flags
+    defaults = config.TrainConfig(dataset="x", workdir="y")
+    assert (defaults.propagation_query_rows, defaults.propagation_key_rows) == (
+        prop.Chunks().query_rows, prop.Chunks().key_rows)
+    assert (flags.FLAGS["query_rows"].default, flags.FLAGS["key_rows"].default) == (
+        prop.Chunks().query_rows, prop.Chunks().key_rows)

@@ -33,7 +33,7 @@ flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote")
 flags.DEFINE_integer("t", 25, "T: neighbours of the density")
 flags.DEFINE_integer("query_rows", propagation.Chunks().query_rows, "query rows per block")
 flags.DEFINE_integer("key_rows", propagation.Chunks().key_rows, "key rows per block")
-flags.DEFINE_integer("repeats", 2, "timed runs of each method (interleaved); the best is reported")
+flags.DEFINE_integer("repeats", 3, "timed runs of each method (interleaved); the best is reported")
 flags.DEFINE_bool("memory", True, "measure the peak memory of each size in a fresh subprocess")
 flags.DEFINE_bool("block_parts", False, "instead: time the parts of one block's search (multiply, group "
                   "maxima, the two top-k stages) at K and at T, each alone")

@@ -20,8 +20,8 @@ flags.DEFINE_float("tau", 0.07, "temperature")
 flags.DEFINE_enum("method", "llp", ["llp", "knn"], "llp: density-weighted (paper Eq. 8); knn: weighted kNN")
 flags.DEFINE_bool("density_include_self", False, "count a labelled row among its own density neighbours")
 flags.DEFINE_integer("num_classes", None, "default: largest label + 1")
-flags.DEFINE_integer("query_rows", 1024, "query rows per block")
-flags.DEFINE_integer("key_rows", 16384, "key rows per block")
+flags.DEFINE_integer("query_rows", 512, "query rows per block")
+flags.DEFINE_integer("key_rows", 32768, "key rows per block")
 flags.mark_flags_as_required(["features", "output"])
 FLAGS = flags.FLAGS
 
