@@ -50,9 +50,10 @@ run fmnist_llp_from_sup_s1 --flagfile=$fmnist --flagfile=$from_sup --seed=1 --in
 # 6-epoch cifar_llp_from_sup_s0 (which is top10wclw, the full method), compared by 1-NN accuracy; and the
 # non-iterative foil from the same start: one propagation from the supervised network, then training on
 # those fixed pseudo-labels.
-ablation() {
-  run cifar_abl_${1}_s0 --flagfile=$cifar --flagfile=$from_sup --flagfile=flags/ablation/$1.cfg \
-    --init_from="$runs/cifar_sup_s0"
+ablation() {  # NAME [SEED]
+  local seed=${2:-0}
+  run cifar_abl_${1}_s$seed --flagfile=$cifar --flagfile=$from_sup --flagfile=flags/ablation/$1.cfg \
+    ${2:+--seed=$seed} --init_from="$runs/cifar_sup_s$seed"
 }
 ablation top50
 ablation top50woc
@@ -70,12 +71,15 @@ for percent in 10 5; do
   run cifar_llp_from_sup12_p${percent}_s0 --flagfile=$cifar "${long[@]}" $fraction \
     --init_from="$runs/cifar_sup_p${percent}_s0"
 done
-# Queued, not yet run: the remaining K values, Fashion-MNIST's two-stage run, longer LLP from the
-# supervised network on Fashion-MNIST, the labelled-share departure alone, a second seed of the faithful
-# CIFAR-10 run.
+# Session 5: the remaining K values, Fashion-MNIST's two-stage run, longer LLP from the supervised
+# network on Fashion-MNIST, a second seed of the full method and of the two closest ablations.
 ablation top5
 ablation top20
 run fmnist_two_stage_s0 --flagfile=$fmnist --flagfile=$from_sup --method=two_stage --init_from="$runs/fmnist_sup_s0"
 run fmnist_llp_from_sup12_s0 --flagfile=$fmnist "${long[@]}" --init_from="$runs/fmnist_sup_s0"
+ablation top10wclw 1  # the full method (cifar_llp_from_sup_s0 for seed 0, 1-NN by llp-eval --knn_k=1)
+ablation top50lw 1
+ablation top10 1
+# Queued, not yet run: the labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
