@@ -17,6 +17,20 @@ def blended_rows(old_rows: tf.Tensor, embeddings: tf.Tensor, momentum: float) ->
     return tf.math.l2_normalize(mixed, axis=1)
 
 
+def read_whole(bank: tf.Variable, without_copy: bool = True) -> tf.Tensor:
+    """The whole bank as a tensor.
+
+    Once a variable has seen a scatter update or a row gather, TensorFlow copies it whole on every
+    dense read (copy-on-read mode): 3 ms per training step at 60,000 x 128, 42 ms at 1M rows.
+    DisableCopyOnRead ends that mode, so the read shares the variable's buffer; the next scatter
+    update then copies first only if that tensor is still in use (copy-on-write), so the value read
+    never changes. XLA cannot compile the op (and its reads do not copy): without_copy=False there.
+    """
+    if without_copy:
+        tf.raw_ops.DisableCopyOnRead(resource=bank.handle)
+    return tf.convert_to_tensor(bank)
+
+
 def update_bank(bank: tf.Variable, indices: tf.Tensor, embeddings: tf.Tensor, momentum: float):
     """Blends a batch's embeddings into their rows of the bank, in place.
 

@@ -140,7 +140,7 @@ class LLPModel(keras.Model):
     def train_step(self, data):
         images, true_labels, indices = data
         # The loss reads the bank before this step's update (METHOD.md, memory bank).
-        bank = tf.convert_to_tensor(self.state.bank)
+        bank = bank_lib.read_whole(self.state.bank, without_copy=not self.jit_compile)
         with tf.GradientTape() as tape:
             outputs = self(images, training=True)
             per_example, aggregation, category = self.per_example_loss(
@@ -152,7 +152,10 @@ class LLPModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        self.update_bank(outputs["embeddings"], indices)
+        # After the gradients, the step's last use of `bank`: the update then finds the bank's buffer
+        # unshared and writes it in place instead of copying it first (bank_lib.read_whole).
+        with tf.control_dependencies([g for g in gradients if g is not None]):
+            self.update_bank(outputs["embeddings"], indices)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.trackers["loss"].update_state(loss * replicas)
         self.trackers["aggregation_loss"].update_state(aggregation)

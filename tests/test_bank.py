@@ -152,3 +152,29 @@ def test_mirrored_update_without_all_gather_diverges(mirrored_strategy):
     np.testing.assert_array_equal(first[indices[half:]], initial[indices[half:]].astype(np.float32))
     np.testing.assert_array_equal(second[indices[:half]], initial[indices[:half]].astype(np.float32))
     assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_read_whole_keeps_its_value_through_later_updates(graph):
+    """read_whole shares the bank's buffer (no copy-on-read); a scatter update while that tensor is
+    in use must copy first, so the tensor keeps the values read, before and after any earlier
+    update, and the bank takes the new rows."""
+    bank_rows, batches = initial_bank_and_batches(seed=3, num_batches=3)
+    bank = tf.Variable(bank_rows, dtype=tf.float64)
+    (first_indices, first_rows), (second_indices, second_rows), _ = batches
+
+    def read_update_read():
+        bank_lib.update_bank(bank, first_indices, first_rows, MOMENTUM)  # copy-on-read mode on
+        before = bank_lib.read_whole(bank)
+        with tf.control_dependencies([before]):
+            bank_lib.update_bank(bank, second_indices, second_rows, MOMENTUM)
+        return before * 1.0, bank_lib.read_whole(bank)  # `before` used after the update
+
+    if graph:
+        read_update_read = tf.function(read_update_read)
+    before, after = read_update_read()
+    expected_before = reference_updates(bank_rows, batches[:1])
+    expected_after = reference_updates(bank_rows, batches[:2])
+    np.testing.assert_allclose(before.numpy(), expected_before, rtol=1e-12)
+    np.testing.assert_allclose(after.numpy(), expected_after, rtol=1e-12)
+    np.testing.assert_allclose(bank.numpy(), expected_after, rtol=1e-12)
