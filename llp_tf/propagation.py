@@ -3,10 +3,10 @@
 Every pass scores a block of query rows against a block of key rows ([query_rows, key_rows] floats
 at most) with one matrix multiply, keeps the best k keys of each query, and reduces each query block
 to its outputs (log-density, or label and confidence) before the next. Cost O(N M D); memory is the
-bank, a copy of the keys when they are not all rows (the M labelled rows) or carry a bias, the outputs and a fixed
-workspace of a few blocks. Under a tf.distribute strategy the query rows are split across its
-replicas, each searching the whole bank (O(N M D / P) per replica). The functions are dtype-generic
-(float32 in training, float64 in tests).
+bank, a copy of the keys when they are not all rows (the M labelled rows) or carry a bias, the
+outputs and a fixed workspace of a few blocks. Under a tf.distribute strategy the query rows are
+split across its replicas, each searching the whole bank (O(N M D / P) per replica). The functions
+are dtype-generic (float32 in training, float64 in tests).
 
 The top-k of a score block is the costly part after the multiply: tf.math.top_k over a whole block
 costs more than the multiply on CPU. It runs in two stages instead (_top_k_of_block): top_k over the

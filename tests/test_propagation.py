@@ -308,12 +308,13 @@ def test_two_stage_top_k_equals_top_k_with_ties():
                                                  None if floor is None else tf.constant(floor))
         expected = tf.math.top_k(scores, min(k, columns))
         case = f"{rows}x{columns}, k={k}, group={group}, floor={floor}"
-        above = np.ones(expected.values.shape, bool) if floor is None else expected.values.numpy() > floor[:, None]
+        above = (np.ones(expected.values.shape, bool) if floor is None
+                 else expected.values.numpy() > floor[:, None])
         np.testing.assert_array_equal(np.where(above, values, -np.inf),
                                       np.where(above, expected.values, -np.inf), err_msg=case)
         np.testing.assert_array_equal(values.numpy()[~above], -np.inf, err_msg=case)
-        np.testing.assert_array_equal(np.where(above, positions, -1), np.where(above, expected.indices, -1),
-                                      err_msg=case)
+        np.testing.assert_array_equal(np.where(above, positions, -1),
+                                      np.where(above, expected.indices, -1), err_msg=case)
 
 
 @pytest.mark.parametrize("keys", ["all_rows", "labelled_rows"])
