@@ -16,11 +16,15 @@ class PropagationCallback(keras.callbacks.Callback):
 
     hidden_labels (the true labels of every bank row, where known) only feed diagnostics: the
     pseudo-label accuracy on the unlabelled pool. They never reach the propagation.
+    refresh_bank (a departure from the paper), when given, is called before each pass to rewrite the
+    bank from the network's embeddings of the unaugmented images.
     """
 
     def __init__(self, num_classes, k=10, t=25, tau=0.07, use_density=True, include_self=False,
-                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0, repeat=True):
+                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0, repeat=True,
+                 refresh_bank=None):
         super().__init__()
+        self.refresh_bank = refresh_bank
         self.first_epoch = first_epoch
         self.repeat = repeat  # False: the two-stage baseline, which propagates once at the switch
         self.num_classes = num_classes
@@ -32,6 +36,11 @@ class PropagationCallback(keras.callbacks.Callback):
     def propagate(self):
         """One pass over the bank; writes the results into the model's state variables."""
         state = self.model.state
+        stats = {}
+        if self.refresh_bank is not None:
+            start = time.perf_counter()
+            self.refresh_bank()
+            stats["propagation/refresh_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         is_labelled = state.is_labelled.numpy()
         previous = state.labels.numpy()
@@ -40,7 +49,7 @@ class PropagationCallback(keras.callbacks.Callback):
         state.labels.assign(result.labels)
         state.confidences.assign(result.confidences)
         state.log_density.assign(result.log_density)
-        stats = {
+        stats |= {
             "propagation/seconds": time.perf_counter() - start,
             "propagation/changed_fraction": float(
                 np.mean(result.labels[~is_labelled] != previous[~is_labelled])),

@@ -62,6 +62,9 @@ class TrainConfig:
         "labelled examples")
     confidence_threshold: float = setting(
         0.0, "(departure) pseudo-labels with a confidence below this weigh 0 in the loss")
+    refresh_bank: bool = setting(
+        False, "(departure) before each propagation, re-embed every kept image unaugmented into the "
+        "bank; paper: the bank holds momentum averages of the training views' embeddings")
     init_from: str | None = setting(
         None, "(departure) workdir of a finished run of the same network (e.g. --method=supervised) "
         "whose weights start this one; its bank, labels and optimizer are not taken")

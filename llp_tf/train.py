@@ -90,6 +90,7 @@ class Run:
                 config.k, config.t, config.tau)
         self.progress = Progress()
         self.restored_history = []  # the progress's pseudo-label accuracies at restore
+        self.embed_for_bank = None  # fill_bank's traced function
         with self.strategy.scope():
             self.model = self._build_model()
             self.checkpoint = tf.train.Checkpoint(
@@ -157,10 +158,12 @@ def _native_size(source):
 
 
 def fill_bank(run: Run):
-    """Bank rows <- the network's own embeddings of the unaugmented images (bank_init=network)."""
-    embed = tf.function(lambda images: run.model(images, training=False)["embeddings"])
+    """Bank rows <- the network's own embeddings of the unaugmented images (bank_init=network, and
+    before each propagation with refresh_bank)."""
+    if run.embed_for_bank is None:  # traced once per run, not once per fill
+        run.embed_for_bank = tf.function(lambda images: run.model(images, training=False)["embeddings"])
     for images, _, indices in run.ordered_train_dataset():
-        run.model.state.bank.scatter_update(tf.IndexedSlices(embed(images), indices))
+        run.model.state.bank.scatter_update(tf.IndexedSlices(run.embed_for_bank(images), indices))
 
 
 def check_workdir(workdir, run: "Run"):
@@ -388,7 +391,8 @@ def make_callbacks(run: Run, stop_request=None, resume_at=(0, 0)):
             include_self=config.density_include_self,
             chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
             hidden_labels=run.selection.labels, first_epoch=config.instance_epochs,
-            repeat=config.method == "llp")
+            repeat=config.method == "llp",
+            refresh_bank=(lambda: fill_bank(run)) if config.refresh_bank else None)
     callbacks = [KnnCallback(run.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
                  CheckpointCallback(run, propagator)]
     if distribute.is_chief(run.strategy):

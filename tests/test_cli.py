@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from llp_tf import propagation, train
+from llp_tf import data, propagation, train
 from llp_tf.config import TrainConfig
 from llp_tf.tools import train as train_tool
 from tests.conftest import ROOT, TINY, run_tool, scalar_series
@@ -114,7 +114,9 @@ def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
                  "--init_from=/tmp/x", "--workdir=/tmp/y"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
-    assert config.labelled_per_batch == 32 and config.dataset.startswith("folder:")
+    named = [line[2:].split("=")[0] for line in open(path) if line.startswith("--")]
+    assert named and all(flag_values[name].present for name in named)
+    assert config.dataset.startswith("folder:")
 
 
 def test_workdir_of_another_size_class_count_or_embedding_size_is_refused(tiny_npz, tmp_path):
@@ -169,7 +171,7 @@ def test_llp_propagate_names_a_missing_array(tmp_path):
 
 def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     """--init_from starts from a supervised run's network (only its network); the other departures
-    train alongside it; a network of another shape is refused by name."""
+    train alongside it (on two replicas); a network of another shape is refused by name."""
     supervised = tmp_path / "supervised"
     common = [f"--dataset=npz:{tiny_npz}", *TINY]
     run_tool("llp_tf.tools.train", *common, f"--workdir={supervised}", "--method=supervised", "--epochs=1")
@@ -189,7 +191,7 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     run_tool("llp_tf.tools.train", *common, f"--workdir={workdir}", f"--init_from={supervised}",
              "--epochs=2", "--instance_epochs=1", "--warmup_category_loss", "--labelled_per_batch=8",
-             "--confidence_threshold=0.3")
+             "--confidence_threshold=0.3", "--refresh_bank", "--strategy=mirrored", "--cpu_replicas=2")
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["pseudo_label_accuracy_history"]) == 2
     assert metrics["val_top1"] > 0.35  # four classes: well above chance
@@ -197,6 +199,34 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     result = run_tool("llp_tf.tools.train", *common, f"--workdir={tmp_path / 'wider'}", "--width=2",
                       f"--init_from={supervised}", "--epochs=1", "--instance_epochs=0", check=False)
     assert result.returncode != 0 and "does not hold this network (--backbone=small_cnn" in result.stderr
+
+
+def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_path):
+    """--refresh_bank (departure): the pass first sets every bank row to the network's embedding of
+    its unaugmented image, then propagates from those rows (float64 reference)."""
+    from tests import reference
+
+    config = TrainConfig(dataset=f"npz:{tiny_npz}", workdir=str(tmp_path), width=1, batch_size=32,
+                         labelled_fraction=0.1, k=5, t=10, bank_init="random", refresh_bank=True)
+    run = train.Run(config)
+    _, propagator = train.make_callbacks(run)
+    propagator.set_model(run.model)
+    random_bank = run.model.state.bank.numpy()
+    stats = propagator.propagate()
+
+    images = np.load(tiny_npz)["x_train"][run.selection.rows]
+    embeddings = run.model(data.preprocess_for_eval(images, 12), training=False)["embeddings"].numpy()
+    bank = run.model.state.bank.numpy()
+    np.testing.assert_allclose(bank, embeddings, atol=1e-5)
+    assert np.abs(bank - random_bank).max() > 0.1
+    state = run.model.state
+    expected = reference.propagate(embeddings.astype(np.float64), state.is_labelled.numpy(),
+                                   np.where(state.is_labelled.numpy(), run.selection.labels, -1),
+                                   run.num_classes, k=5, t=10, tau=config.tau, use_density=True,
+                                   include_self=False)
+    np.testing.assert_array_equal(state.labels.numpy(), expected["labels"])
+    np.testing.assert_allclose(state.confidences.numpy(), expected["confidences"], atol=1e-4)
+    assert stats["propagation/refresh_seconds"] > 0
 
 
 def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):

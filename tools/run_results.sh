@@ -80,10 +80,21 @@ run fmnist_llp_from_sup12_s0 --flagfile=$fmnist "${long[@]}" --init_from="$runs/
 ablation top10wclw 1  # the full method (cifar_llp_from_sup_s0 for seed 0, 1-NN by llp-eval --knn_k=1)
 ablation top50lw 1
 ablation top10 1
-# Queued, not yet run: Fashion-MNIST LLP from the supervised network for 24 epochs and a second seed of
-# its 12-epoch run, the labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
+# Session 6: Fashion-MNIST LLP from the supervised network for 24 epochs; the refresh_bank departure
+# (bank rewritten from unaugmented images before each propagation) on both datasets, two seeds.
 run fmnist_llp_from_sup24_s0 --flagfile=$fmnist --flagfile=$from_sup --epochs=24 --lr_drop_epochs=18 \
   --init_from="$runs/fmnist_sup_s0"
+refreshed=(--flagfile=flags/departures/refresh_bank.cfg)
+for seed in 0 1; do
+  run fmnist_llp_refresh12_s$seed --flagfile=$fmnist "${long[@]}" "${refreshed[@]}" --seed=$seed \
+    --init_from="$runs/fmnist_sup_s$seed"
+done
+for seed in 0 1; do
+  run cifar_llp_refresh12_s$seed --flagfile=$cifar "${long[@]}" "${refreshed[@]}" --seed=$seed \
+    --init_from="$runs/cifar_sup_s$seed"
+done
+# Queued, not yet run: a second seed of Fashion-MNIST's 12-epoch run from the supervised network, the
+# labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
 run fmnist_llp_from_sup12_s1 --flagfile=$fmnist "${long[@]}" --seed=1 --init_from="$runs/fmnist_sup_s1"
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
