@@ -76,6 +76,25 @@ def saved_checkpoints(directory, warn=True):
     return sorted(found, key=lambda item: item[1], reverse=True)
 
 
+def newest_whole_checkpoint(directory):
+    """The newest checkpoint of `directory` (an epoch's or an interrupted one) whose every tensor reads
+    back, for the tools that only read a run (llp-eval, llp-export, --init_from): damaged ones are
+    skipped with a warning naming them. None when the directory holds no checkpoint."""
+    saved, candidates = saved_checkpoints(directory), checkpoint_paths(directory)
+    for path, _ in saved:
+        try:
+            reader = tf.train.load_checkpoint(path)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)  # checks the tensor's checksum
+            return path
+        except UNREADABLE as error:
+            logging.warning("checkpoint %s does not read back whole, trying an older one: %s",
+                            path, error_text(error))
+    if candidates:
+        raise ValueError(f"no checkpoint in {directory} reads back whole (tried {', '.join(candidates)})")
+    return None
+
+
 def saved_position(path):
     """(epochs completed, steps done of the next epoch) of a checkpoint, read from it."""
     reader = tf.train.load_checkpoint(path)

@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from llp_tf.checkpoints import newest_whole_checkpoint
 from llp_tf.data import preprocess_for_eval
 
 CONFIG_FILE = "config.json"
@@ -69,18 +70,19 @@ def load_config(workdir: str):
 
 def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
     """The checkpoint prefix to restore: `checkpoint` (a prefix such as DIR/checkpoints/ckpt-7, or a
-    directory, meaning its latest checkpoint), else the latest one under workdir/checkpoints."""
+    directory, meaning its newest whole checkpoint), else the newest whole one under
+    workdir/checkpoints (a damaged newer one is skipped with a warning)."""
     if checkpoint is None:
         directory = os.path.join(workdir, CHECKPOINT_DIR)
-        latest = tf.train.latest_checkpoint(directory)
-        if latest is None:
+        newest = newest_whole_checkpoint(directory)
+        if newest is None:
             raise FileNotFoundError(f"no checkpoint in {directory}: has the run finished an epoch?")
-        return latest
+        return newest
     if os.path.isdir(checkpoint):
-        latest = tf.train.latest_checkpoint(checkpoint)
-        if latest is None:
+        newest = newest_whole_checkpoint(checkpoint)
+        if newest is None:
             raise FileNotFoundError(f"no checkpoint in directory {checkpoint}")
-        return latest
+        return newest
     if not tf.io.gfile.exists(checkpoint + ".index"):
         raise FileNotFoundError(f"checkpoint {checkpoint} not found (no {checkpoint}.index): give a "
                                 "prefix such as WORKDIR/checkpoints/ckpt-3")

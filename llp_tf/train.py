@@ -27,9 +27,9 @@ from absl import logging
 
 from llp_tf import backbones, data, distribute, evaluation, propagation
 from llp_tf.checkpoints import (INTERRUPTED_DIR, UNREADABLE, check_checkpoint_shapes, checkpoint_paths,
-                                describe_position, error_text, remove_checkpoint_directory,
-                                remove_leftovers, remove_unrecorded_checkpoint, replace_atomically,
-                                saved_checkpoints)
+                                describe_position, error_text, newest_whole_checkpoint,
+                                remove_checkpoint_directory, remove_leftovers,
+                                remove_unrecorded_checkpoint, replace_atomically, saved_checkpoints)
 from llp_tf.callbacks import (KnnCallback, PropagationCallback, SummaryCallback,
                               pseudo_label_accuracy)
 from llp_tf.config import TrainConfig
@@ -449,8 +449,12 @@ def restore(run: Run):
 
 def init_network(run: Run, workdir):
     """Network weights (backbone, heads, BatchNorm statistics) <- the newest checkpoint of another
-    run's workdir; this run's bank, labels and optimizer are left as they are."""
-    path = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    run's workdir (a damaged newer one is skipped with a warning); this run's bank, labels and
+    optimizer are left as they are. Returns the checkpoint's path."""
+    try:
+        path = newest_whole_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    except ValueError as error:
+        raise ValueError(f"--init_from={workdir}: {error}") from None
     if path is None:
         raise ValueError(f"--init_from={workdir}: no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
     try:
@@ -464,6 +468,7 @@ def init_network(run: Run, workdir):
                          f"(--backbone={run.config.backbone}, {run.num_classes} classes): "
                          f"{str(error).splitlines()[0]}") from error
     logging.info("network weights from %s", path)
+    return path
 
 
 def final_metrics(run: Run, propagator) -> dict:

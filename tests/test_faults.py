@@ -4,7 +4,8 @@ End to end (subprocesses, --deterministic): SIGINT and SIGTERM stop training at 
 checkpoint of it, and SIGKILLs inside checkpoint saves (tools/kill_drill.py pauses the save there)
 lose nothing; after the reruns, metrics.json and the final checkpoint equal those of a run that was
 never stopped, so two runs with the same seeds give identical values. In process: a damaged checkpoint
-is skipped for the previous one, one of an older version is refused, non-finite state is never saved,
+is skipped for the previous one (by training and by the tools that read a run), one of an older
+version is refused, non-finite state is never saved,
 a non-finite loss stops training, a full disk (a small tmpfs) leaves the previous checkpoint intact,
 and the labelled split is checked.
 """
@@ -156,6 +157,42 @@ def test_restore_skips_a_damaged_checkpoint_for_the_previous_one(tiny_npz, tmp_p
     os.remove(checkpoints / "ckpt-1.index")
     with pytest.raises(train.TrainingFailed, match="no checkpoint in .* reads back whole"):
         train.restore(train.Run(config))
+
+
+def test_reading_tools_take_the_newest_whole_checkpoint(tiny_npz, tmp_path, caplog):
+    """llp-eval, llp-export and --init_from (export.checkpoint_path, train.init_network) skip damaged
+    checkpoints for the newest one that reads back whole, and name the problem when none does."""
+    from llp_tf import export
+
+    config = tiny_config(tiny_npz, tmp_path)
+    (tmp_path / "config.json").write_text(config.to_json())
+    run = train.Run(config)
+    checkpoints = tmp_path / "checkpoints"
+    train.save_checkpoint(run, None, 1)
+    run.model.state.bank.assign(-run.model.state.bank)
+    train.save_checkpoint(run, None, 2)
+    interrupted = train.save_checkpoint(run, None, 2, steps_in_epoch=3)
+    assert export.checkpoint_path(str(tmp_path)) == interrupted
+
+    data_file = glob.glob(f"{interrupted}.data-*")[0]
+    damaged = bytearray(open(data_file, "rb").read())
+    damaged[len(damaged) // 2] ^= 0xFF
+    open(data_file, "wb").write(bytes(damaged))
+    assert export.checkpoint_path(str(tmp_path)) == str(checkpoints / "ckpt-2")
+    assert f"checkpoint {interrupted} does not read back whole" in caplog.text
+
+    open(glob.glob(str(checkpoints / "ckpt-2.data-*"))[0], "r+b").truncate(1000)
+    assert export.checkpoint_path(str(tmp_path), str(checkpoints)) == str(checkpoints / "ckpt-1")
+    model, _ = export.restore_model(str(tmp_path))
+    np.testing.assert_array_equal(model.state.bank.numpy(), bank_of(str(checkpoints / "ckpt-1")))
+    started = train.Run(tiny_config(tiny_npz, tmp_path / "started"))
+    assert train.init_network(started, str(tmp_path)) == str(checkpoints / "ckpt-1")
+
+    os.remove(checkpoints / "ckpt-1.index")
+    with pytest.raises(ValueError, match="no checkpoint in .* reads back whole"):
+        export.checkpoint_path(str(tmp_path))
+    with pytest.raises(ValueError, match="--init_from=.*: no checkpoint in .* reads back whole"):
+        train.init_network(train.Run(tiny_config(tiny_npz, tmp_path / "started")), str(tmp_path))
 
 
 def test_a_checkpoint_without_the_resume_progress_is_refused(tiny_npz, tmp_path):
