@@ -3,6 +3,10 @@ import dataclasses
 import json
 
 METHODS = ("llp", "supervised", "two_stage")
+# Propagation block sizes (query rows x key rows), the fastest measured on CPU (BUILD.md). Here, not in
+# propagation.py, so that the command lines can show them in --help without importing TensorFlow.
+PROPAGATION_QUERY_ROWS = 512
+PROPAGATION_KEY_ROWS = 32768
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
@@ -69,8 +73,8 @@ class TrainConfig:
         None, "(departure) workdir of a finished run of the same network (e.g. --method=supervised) "
         "whose weights start this one; its bank, labels and optimizer are not taken")
     eval_knn_k: int = setting(200, "neighbours of the kNN evaluation (capped at the labelled count)")
-    propagation_query_rows: int = setting(512, "query rows per propagation block")
-    propagation_key_rows: int = setting(32768, "key rows per propagation block")
+    propagation_query_rows: int = setting(PROPAGATION_QUERY_ROWS, "query rows per propagation block")
+    propagation_key_rows: int = setting(PROPAGATION_KEY_ROWS, "key rows per propagation block")
     strategy: str = setting(
         "auto", "auto | mirrored | multiworker (the cluster in TF_CONFIG) | default; auto: multiworker "
         "when TF_CONFIG names several workers, else mirrored over several GPUs, else default")

@@ -22,13 +22,15 @@ import typing
 import numpy as np
 import tensorflow as tf
 
+from llp_tf import config
+
 
 @dataclasses.dataclass(frozen=True)
 class Chunks:
     """Block sizes of a chunked pass: the score block is query_rows x key_rows floats. A pass over
     fewer keys than key_rows takes proportionally more query rows (same block area)."""
-    query_rows: int = 512
-    key_rows: int = 32768
+    query_rows: int = config.PROPAGATION_QUERY_ROWS
+    key_rows: int = config.PROPAGATION_KEY_ROWS
 
 
 @dataclasses.dataclass

@@ -407,7 +407,8 @@ def test_variable_banks_of_different_sizes_in_one_process():
 
 
 def test_command_line_block_sizes_default_to_chunks():
-    """llp-train's and llp-propagate's block sizes default to propagation.Chunks(), the measured best."""
+    """llp-train's and llp-propagate's block sizes default to propagation.Chunks(), the measured best
+    (one pair of constants in llp_tf/config.py, which the command lines read without TensorFlow)."""
     from llp_tf import config
     from llp_tf.tools import propagate  # pylint: disable=unused-import  (defines its flags)
     from absl import flags

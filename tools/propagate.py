@@ -12,6 +12,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from llp_tf import config
+
 flags.DEFINE_string("features", None, "input .npz with embeddings [N, D] and labels [N] (-1 = unlabelled)")
 flags.DEFINE_string("output", None, "output .npz with pseudo_labels and confidences")
 flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote")
@@ -20,8 +22,8 @@ flags.DEFINE_float("tau", 0.07, "temperature")
 flags.DEFINE_enum("method", "llp", ["llp", "knn"], "llp: density-weighted (paper Eq. 8); knn: weighted kNN")
 flags.DEFINE_bool("density_include_self", False, "count a labelled row among its own density neighbours")
 flags.DEFINE_integer("num_classes", None, "default: largest label + 1")
-flags.DEFINE_integer("query_rows", 512, "query rows per block")
-flags.DEFINE_integer("key_rows", 32768, "key rows per block")
+flags.DEFINE_integer("query_rows", config.PROPAGATION_QUERY_ROWS, "query rows per block")
+flags.DEFINE_integer("key_rows", config.PROPAGATION_KEY_ROWS, "key rows per block")
 flags.mark_flags_as_required(["features", "output"])
 FLAGS = flags.FLAGS
 
