@@ -24,8 +24,9 @@ _CROP, _GRAY, _ORDER, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE, _FLIP = range(8
 _NUM_SUB_SEEDS = 8
 
 
-def augment_image(image, seed, image_size: int) -> tf.Tensor:
-    """Augments one image [H, W, C] (C = 1 or 3; uint8, or float in [0, 1]) with a stateless seed [2].
+def augment_image(image, seed, image_size: int, crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.Tensor:
+    """Augments one image [H, W, C] (C = 1 or 3; uint8, or float in [0, 1]) with a stateless seed [2];
+    the crop keeps crop_area_min to all of the image's area.
 
     Returns float32 [image_size, image_size, C] in [0, 1].
     """
@@ -35,7 +36,7 @@ def augment_image(image, seed, image_size: int) -> tf.Tensor:
         raise ValueError(f"augment_image needs a static channel count of 1 or 3, got shape {image.shape}")
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=_NUM_SUB_SEEDS)
 
-    image = random_resized_crop(image, seeds[_CROP], image_size)
+    image = random_resized_crop(image, seeds[_CROP], image_size, crop_area_min)
     if channels == 3:
         image = random_grayscale(image, seeds[_GRAY])
     image = color_jitter(image, seeds)
@@ -43,15 +44,17 @@ def augment_image(image, seed, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def random_resized_crop(image: tf.Tensor, seed, image_size: int) -> tf.Tensor:
-    """Crops a random box of 20-100 % of the area and aspect 3/4-4/3, resized to image_size square."""
+def random_resized_crop(image: tf.Tensor, seed, image_size: int,
+                        crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.Tensor:
+    """Crops a random box of crop_area_min (paper: 20 %) to 100 % of the area and aspect 3/4-4/3,
+    resized to image_size square."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=CROP_ASPECT_RANGE,
-        area_range=CROP_AREA_RANGE,
+        area_range=(crop_area_min, CROP_AREA_RANGE[1]),
         max_attempts=CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, size)

@@ -17,6 +17,7 @@ memory bank, and `train_dataset` yields them as indices next to each augmented i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from llp_tf.augment import augment_image, resize_square
+from llp_tf.augment import CROP_AREA_RANGE, augment_image, resize_square
 from llp_tf.config import BAD_IMAGE_POLICIES
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -361,7 +362,8 @@ def _labelled_rows_of_class(labels, c, fraction, rng, class_names):
 
 def train_dataset(source: Source, selection: Selection, batch_size: int, image_size: int,
                   augment: bool = True, seed: int = 0, labelled_only: bool = False,
-                  shuffle_buffer: int | None = None, labelled_per_batch: int = 0) -> tf.data.Dataset:
+                  shuffle_buffer: int | None = None, labelled_per_batch: int = 0,
+                  crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.data.Dataset:
     """Batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B]) of the
     selected training examples, reshuffled and re-augmented on every iteration; indices are bank rows
     (positions in selection.rows). labelled_only keeps the labelled examples only (the supervised
@@ -370,30 +372,36 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
 
     labelled_per_batch > 0 (a departure from the paper, which draws batches uniformly): every batch
     is that many labelled examples, cycled, reshuffled on each pass, followed by batch_size minus that
-    many unlabelled ones; an iteration is one pass over the unlabelled examples."""
+    many unlabelled ones; an iteration is one pass over the unlabelled examples.
+
+    crop_area_min: the smallest share of the image area that the random resized crop keeps (the
+    paper's 0.2 unless changed, a departure)."""
     all_rows = np.arange(len(selection.rows), dtype=np.int64)
+    augmenter = (functools.partial(augment_image, image_size=image_size, crop_area_min=crop_area_min)
+                 if augment else None)
     if labelled_only:
         return _batches(source, selection, all_rows[selection.is_labelled], batch_size, image_size,
-                        augment, seed, shuffle_buffer, "labelled ")
+                        augmenter, seed, shuffle_buffer, "labelled ")
     if not labelled_per_batch:
-        return _batches(source, selection, all_rows, batch_size, image_size, augment, seed, shuffle_buffer)
+        return _batches(source, selection, all_rows, batch_size, image_size, augmenter, seed, shuffle_buffer)
     if not 0 < labelled_per_batch < batch_size:
         raise ValueError(f"labelled_per_batch={labelled_per_batch} must be between 0 and "
                          f"batch_size={batch_size}")
     labelled_seed, unlabelled_seed = (int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2))
     labelled = _batches(source, selection, all_rows[selection.is_labelled], labelled_per_batch,
-                        image_size, augment, labelled_seed, shuffle_buffer, "labelled ").repeat()
+                        image_size, augmenter, labelled_seed, shuffle_buffer, "labelled ").repeat()
     unlabelled = _batches(source, selection, all_rows[~selection.is_labelled],
-                          batch_size - labelled_per_batch, image_size, augment, unlabelled_seed,
+                          batch_size - labelled_per_batch, image_size, augmenter, unlabelled_seed,
                           shuffle_buffer, "unlabelled ")
     mixed = tf.data.Dataset.zip(unlabelled, labelled).map(
         lambda first, second: tuple(tf.concat([a, b], 0) for a, b in zip(first, second)))
     return _deterministic(mixed.prefetch(AUTOTUNE))
 
 
-def _batches(source, selection, bank_rows, batch_size, image_size, augment, seed, shuffle_buffer,
+def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, seed, shuffle_buffer,
              kind=""):
-    """train_dataset's batches of the given bank rows (see there)."""
+    """train_dataset's batches of the given bank rows (see there); augmenter: (image, seed) -> image,
+    or None for the evaluation preprocessing."""
     if len(bank_rows) < batch_size:
         raise ValueError(f"{len(bank_rows)} {kind}training examples are fewer than "
                          f"batch_size={batch_size}: no full batch")
@@ -409,8 +417,8 @@ def _batches(source, selection, bank_rows, batch_size, image_size, augment, seed
 
     def prepare(stored_example, example_seed):
         image, label, position = source._decode(*stored_example)  # pylint: disable=protected-access
-        if augment:
-            image = augment_image(image, example_seed, image_size)
+        if augmenter is not None:
+            image = augmenter(image, example_seed)
         else:
             image = preprocess_for_eval(image, image_size)
         return image, label, tf.gather(bank_row_of_position, position)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf.augment import augment_image, resize_square
+from llp_tf.augment import augment_image, random_resized_crop, resize_square
 
 SHAPES = [(28, 28, 1), (32, 32, 3), (50, 70, 3)]
 
@@ -28,6 +28,20 @@ def test_same_seed_same_output_other_seed_other_output(shape):
     np.testing.assert_array_equal(first, augment_image(image, [3, 4], 24))
     np.testing.assert_array_equal(first, augment_image(image, tf.constant([3, 4], tf.int64), 24))
     assert not np.array_equal(first, augment_image(image, [3, 5], 24))
+
+
+def test_crop_area_min_bounds_the_crop():
+    """A crop of at least area a (aspect <= 4/3) is at least sqrt(3a/4) of the side tall: seen as the
+    value span of a vertical ramp image after the crop."""
+    side = 32
+    ramp = tf.constant(np.tile(np.linspace(0, 1, side, dtype=np.float32)[:, None, None], (1, side, 1)))
+    spans = {area_min: [float(tf.reduce_max(crop) - tf.reduce_min(crop))
+                        for crop in (random_resized_crop(ramp, [seed, 0], side, area_min)
+                                     for seed in range(60))]
+             for area_min in (0.2, 0.6)}
+    bound = np.sqrt(0.6 * 3 / 4) - 2 / side  # less two pixels for the resampled edges
+    assert min(spans[0.6]) >= bound
+    assert min(spans[0.2]) < bound  # the paper's range reaches smaller crops
 
 
 def test_float_input_matches_uint8_input():

@@ -191,7 +191,8 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     run_tool("llp_tf.tools.train", *common, f"--workdir={workdir}", f"--init_from={supervised}",
              "--epochs=2", "--instance_epochs=1", "--warmup_category_loss", "--labelled_per_batch=8",
-             "--confidence_threshold=0.3", "--refresh_bank", "--strategy=mirrored", "--cpu_replicas=2")
+             "--confidence_threshold=0.3", "--refresh_bank", "--crop_area_min=0.5", "--strategy=mirrored",
+             "--cpu_replicas=2")
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["pseudo_label_accuracy_history"]) == 2
     assert metrics["val_top1"] > 0.35  # four classes: well above chance

@@ -330,6 +330,22 @@ def test_train_dataset_labelled_only():
         data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)
 
 
+def test_train_dataset_passes_crop_area_min_to_the_augmentation(monkeypatch):
+    seen = []
+
+    def recording_augment(image, seed, image_size, crop_area_min):
+        seen.append(crop_area_min)
+        return data.preprocess_for_eval(image, image_size)
+
+    monkeypatch.setattr(data, "augment_image", recording_augment)
+    source = array_source(num_train=60)
+    selection = data.select_examples(source.labels("train"), 0.2)
+    for labelled_per_batch in (0, 3):
+        next(iter(data.train_dataset(source, selection, batch_size=8, image_size=8, crop_area_min=0.55,
+                                     labelled_per_batch=labelled_per_batch)))
+    assert seen and set(seen) == {0.55}
+
+
 def test_train_dataset_with_labelled_examples_in_every_batch():
     source = array_source(num_train=60)
     selection = data.select_examples(source.labels("train"), 0.2)
