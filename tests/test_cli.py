@@ -171,7 +171,7 @@ def test_llp_propagate_names_a_missing_array(tmp_path):
 
 def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     """--init_from starts from a supervised run's network (only its network); the other departures
-    train alongside it (on two replicas); a network of another shape is refused by name."""
+    train alongside it; a network of another shape is refused by name."""
     supervised = tmp_path / "supervised"
     common = [f"--dataset=npz:{tiny_npz}", *TINY]
     run_tool("llp_tf.tools.train", *common, f"--workdir={supervised}", "--method=supervised", "--epochs=1")
@@ -191,8 +191,7 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     run_tool("llp_tf.tools.train", *common, f"--workdir={workdir}", f"--init_from={supervised}",
              "--epochs=2", "--instance_epochs=1", "--warmup_category_loss", "--labelled_per_batch=8",
-             "--confidence_threshold=0.3", "--refresh_bank", "--crop_area_min=0.5", "--strategy=mirrored",
-             "--cpu_replicas=2")
+             "--confidence_threshold=0.3", "--refresh_bank", "--crop_area_min=0.5")
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["pseudo_label_accuracy_history"]) == 2
     assert metrics["val_top1"] > 0.35  # four classes: well above chance
@@ -228,6 +227,25 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
     np.testing.assert_array_equal(state.labels.numpy(), expected["labels"])
     np.testing.assert_allclose(state.confidences.numpy(), expected["confidences"], atol=1e-4)
     assert stats["propagation/refresh_seconds"] > 0
+
+
+def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path):
+    """--refresh_bank on two replicas: the last pass rewrote every replica's copy of the bank with the
+    final network's embeddings of the unaugmented images."""
+    from llp_tf import export
+
+    workdir, dump = tmp_path / "run", tmp_path / "state.npz"
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *TINY, f"--workdir={workdir}",
+             "--epochs=2", "--instance_epochs=1", "--refresh_bank", "--strategy=mirrored",
+             "--cpu_replicas=2", f"--state_dump={dump}")
+    copies = np.load(dump)["bank"]
+    assert copies.shape[0] == 2
+    np.testing.assert_array_equal(copies[0], copies[1])
+    model, run = export.restore_model(str(workdir))
+    embeddings = np.zeros_like(copies[0])
+    for images, _, indices in run.ordered_train_dataset():
+        embeddings[indices.numpy()] = model(images, training=False)["embeddings"].numpy()
+    np.testing.assert_allclose(copies[0], embeddings, atol=1e-5)
 
 
 def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
