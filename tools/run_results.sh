@@ -88,6 +88,7 @@ run fmnist_llp_refresh12_s0 --flagfile=$fmnist "${long[@]}" --flagfile=flags/dep
   --init_from="$runs/fmnist_sup_s0"
 # What the network reaches with every label (the ceiling of any label-efficient method on it).
 run fmnist_sup_p100_s0 --flagfile=$fmnist --labelled_fraction=1 --method=supervised
+run cifar_sup_p100_s0 --flagfile=$cifar --labelled_fraction=1 --method=supervised
 # Milder crops (at least 60% of the image instead of 20%) for the supervised run and LLP from it.
 for seed in 0 1; do
   run fmnist_sup_crop60_s$seed --flagfile=$fmnist --method=supervised --crop_area_min=0.6 --seed=$seed
