@@ -50,6 +50,10 @@ def describe(config):
         text += f", from {os.path.basename(os.path.normpath(config['init_from']))}"
     if config.get("labelled_per_batch"):
         text += f", {config['labelled_per_batch']} labelled/batch"
+    if config.get("refresh_bank"):
+        text += ", bank refreshed before each propagation"
+    if config.get("crop_area_min", 0.2) != 0.2:
+        text += f", crops of >= {100 * config['crop_area_min']:g}% of the area"
     return text
 
 
