@@ -95,8 +95,8 @@ for seed in 0 1; do
   run fmnist_llp_from_sup12_crop60_s$seed --flagfile=$fmnist "${long[@]}" --crop_area_min=0.6 --seed=$seed \
     --init_from="$runs/fmnist_sup_crop60_s$seed"
 done
-# Queued, not yet run: a second seed of Fashion-MNIST's 12-epoch run from the supervised network, the
-# labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
+# A second seed of Fashion-MNIST's 12-epoch run from the supervised network.
 run fmnist_llp_from_sup12_s1 --flagfile=$fmnist "${long[@]}" --seed=1 --init_from="$runs/fmnist_sup_s1"
+# Queued, not yet run: the labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
