@@ -305,6 +305,7 @@ def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
     from llp_tf import export
 
     workdir = str(workdir)
+    checkpoint = export.checkpoint_path(workdir, checkpoint)  # resolved (and read through) once
     model, run = export.restore_model(workdir, checkpoint)
     state = model.state
     config = run.config
@@ -316,7 +317,7 @@ def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
         is_labelled=np.asarray(run.selection.is_labelled, bool),
         current_labels=state.labels.numpy().astype(np.int64), bank=state.bank.numpy(),
         epochs=int(state.completed_epochs.numpy()),
-        checkpoint=export.checkpoint_path(workdir, checkpoint))
+        checkpoint=checkpoint)
 
 
 def check_comparable(first: RunState, second: RunState):

@@ -28,8 +28,8 @@ def main(argv):
 
     try:
         export.check_export_dir(FLAGS.export_dir)  # before the slow restore
-        model, run = export.restore_model(FLAGS.workdir, FLAGS.checkpoint)
-        path = export.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # the one just restored
+        path = export.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # resolved (and read through) once
+        model, run = export.restore_model(FLAGS.workdir, path)
         image_shape = (run.image_size, run.image_size, run.source.channels)
         module = export.export_saved_model(model, FLAGS.export_dir, image_shape, run.source.class_names)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
