@@ -12,7 +12,9 @@ change between epochs.
 
 import tensorflow as tf
 
-CROP_AREA_RANGE = (0.2, 1.0)
+from llp_tf.config import CROP_AREA_MIN
+
+CROP_AREA_RANGE = (CROP_AREA_MIN, 1.0)
 CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_MAX_ATTEMPTS = 100  # the authors' value; after that the whole image is used
 GRAYSCALE_PROBABILITY = 0.2

@@ -7,6 +7,7 @@ METHODS = ("llp", "supervised", "two_stage")
 # propagation.py, so that the command lines can show them in --help without importing TensorFlow.
 PROPAGATION_QUERY_ROWS = 512
 PROPAGATION_KEY_ROWS = 32768
+CROP_AREA_MIN = 0.2  # the paper's random resized crop keeps 20-100 % of the image area
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
@@ -58,8 +59,8 @@ class TrainConfig:
     use_category_loss: bool = setting(True, "train the classifier head on the (pseudo-)labels")
     augment: bool = setting(True, "random resized crop, grayscale, colour jitter and flip (paper)")
     crop_area_min: float = setting(
-        0.2, "smallest share of the image area the random resized crop keeps (paper: 0.2; other values "
-        "are a departure)")
+        CROP_AREA_MIN, "smallest share of the image area the random resized crop keeps (paper: 0.2; "
+        "other values are a departure)")
     # Departures from the paper, off by default; RESULTS.md measures each against the faithful run.
     labelled_per_batch: int = setting(
         0, "(departure) labelled examples in every batch, cycled, the rest unlabelled; 0: batches "

@@ -13,6 +13,8 @@ import re
 import numpy as np
 from absl import app, flags
 
+from llp_tf.config import CROP_AREA_MIN
+
 flags.DEFINE_string("match", "", "only runs whose directory name contains this regular expression")
 FLAGS = flags.FLAGS
 
@@ -52,7 +54,7 @@ def describe(config):
         text += f", {config['labelled_per_batch']} labelled/batch"
     if config.get("refresh_bank"):
         text += ", bank refreshed before each propagation"
-    if config.get("crop_area_min", 0.2) != 0.2:
+    if config.get("crop_area_min", CROP_AREA_MIN) != CROP_AREA_MIN:
         text += f", crops of >= {100 * config['crop_area_min']:g}% of the area"
     return text
 
