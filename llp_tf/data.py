@@ -364,15 +364,17 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
                   augment: bool = True, seed: int = 0, labelled_only: bool = False,
                   shuffle_buffer: int | None = None, labelled_per_batch: int = 0,
                   crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.data.Dataset:
-    """Batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B]) of the
-    selected training examples, reshuffled and re-augmented on every iteration; indices are bank rows
-    (positions in selection.rows). labelled_only keeps the labelled examples only (the supervised
-    baseline) with the same indices. The partial last batch is dropped. Everything random derives
-    from `seed`: the same seed gives the same sequence of batches in a freshly built dataset.
+    """Endless batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B])
+    of the selected training examples: pass after pass, each pass a new shuffle and new augmentations
+    drawn from `seed`, the partial last batch of a pass dropped; indices are bank rows (positions in
+    selection.rows). Every iteration of the returned dataset yields the same batches (Keras under a
+    multi-replica strategy iterates a dataset once before the iterator it trains on), and the same seed
+    gives the same batches in a freshly built dataset. labelled_only keeps the labelled examples only
+    (the supervised baseline) with the same indices.
 
     labelled_per_batch > 0 (a departure from the paper, which draws batches uniformly): every batch
-    is that many labelled examples, cycled, reshuffled on each pass, followed by batch_size minus that
-    many unlabelled ones; an iteration is one pass over the unlabelled examples.
+    is that many labelled examples, from passes over the labelled examples, followed by batch_size
+    minus that many unlabelled ones, from passes over the unlabelled examples.
 
     crop_area_min: the smallest share of the image area that the random resized crop keeps (the
     paper's 0.2 unless changed, a departure)."""
@@ -389,7 +391,7 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
                          f"batch_size={batch_size}")
     labelled_seed, unlabelled_seed = (int(s) for s in np.random.SeedSequence([seed, 1]).generate_state(2))
     labelled = _batches(source, selection, all_rows[selection.is_labelled], labelled_per_batch,
-                        image_size, augmenter, labelled_seed, shuffle_buffer, "labelled ").repeat()
+                        image_size, augmenter, labelled_seed, shuffle_buffer, "labelled ")
     unlabelled = _batches(source, selection, all_rows[~selection.is_labelled],
                           batch_size - labelled_per_batch, image_size, augmenter, unlabelled_seed,
                           shuffle_buffer, "unlabelled ")
@@ -400,19 +402,15 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
 
 def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, seed, shuffle_buffer,
              kind=""):
-    """train_dataset's batches of the given bank rows (see there); augmenter: (image, seed) -> image,
-    or None for the evaluation preprocessing."""
+    """train_dataset's endless batches of the given bank rows (see there); augmenter: (image, seed) ->
+    image, or None for the evaluation preprocessing."""
     if len(bank_rows) < batch_size:
         raise ValueError(f"{len(bank_rows)} {kind}training examples are fewer than "
                          f"batch_size={batch_size}: no full batch")
     shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     if shuffle_buffer is None:
         shuffle_buffer = min(len(bank_rows), source.default_shuffle_buffer_limit or len(bank_rows))
-
     stored = source._encoded_examples("train", selection.rows[bank_rows])  # pylint: disable=protected-access
-    stored = stored.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    # One stateless seed [2] per example, new on each iteration: deterministic under parallel map.
-    example_seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True).batch(2)
     bank_row_of_position = tf.constant(bank_rows)
 
     def prepare(stored_example, example_seed):
@@ -423,11 +421,18 @@ def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, se
             image = preprocess_for_eval(image, image_size)
         return image, label, tf.gather(bank_row_of_position, position)
 
-    dataset = (tf.data.Dataset.zip(stored, example_seeds)
-               .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-               .batch(batch_size, drop_remainder=True)
-               .prefetch(AUTOTUNE))
-    return _deterministic(dataset)
+    def endless_passes(_):
+        # Built inside flat_map, so every iteration of the returned dataset builds these afresh and
+        # replays the same passes; the shuffle and the example seeds still change from pass to pass.
+        shuffled = stored.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+        # One stateless seed [2] per example: deterministic under parallel map.
+        example_seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        return (tf.data.Dataset.zip(shuffled, example_seeds.batch(2))
+                .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+                .batch(batch_size, drop_remainder=True)
+                .repeat())
+
+    return _deterministic(tf.data.Dataset.range(1).flat_map(endless_passes).prefetch(AUTOTUNE))
 
 
 def eval_dataset(source: Source, split: str, batch_size: int, image_size: int) -> tf.data.Dataset:

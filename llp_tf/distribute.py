@@ -133,11 +133,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Every worker builds the same (seeded) global batches and keeps its share of each, so a step of
     N workers equals one worker's step on the global batch. The default (AUTO) would shard a file-based
-    source (TFDS) by files instead: other global batches, and no stored-order bank indices.
-
-    Known difference: Keras `fit` under a multi-replica strategy opens the dataset once before the
-    iterator it trains on, so it trains on the second iteration's shuffle and augmentation draws, and a
-    run on N replicas sees other batches than the same run on one device (every process alike)."""
+    source (TFDS) by files instead: other global batches, and no stored-order bank indices. (Keras
+    `fit` under a multi-replica strategy iterates the dataset once before the iterator it trains on,
+    so the dataset must yield the same batches on every iteration, as data.train_dataset's do.)"""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)

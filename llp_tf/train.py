@@ -134,7 +134,7 @@ class Run:
             self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
             seed=seed, labelled_only=config.method == "supervised",
             labelled_per_batch=config.labelled_per_batch,
-            crop_area_min=config.crop_area_min).repeat().skip(skip_steps))
+            crop_area_min=config.crop_area_min).skip(skip_steps))
 
     def eval_dataset(self, split="test"):
         return distribute.shard_by_data(

@@ -168,8 +168,8 @@ def test_odd_images_come_out_as_three_channel_images(messy_folder):
         np.testing.assert_allclose(images[position], expected, atol=tolerance, err_msg=path)
     # Every kept image through the augmenting training pipeline: nothing fails mid-epoch.
     selection = data.select_examples(source.labels("train"), 1.0)
-    batches = list(data.train_dataset(source, selection, len(selection.rows), SIZE).as_numpy_iterator())
-    assert len(batches) == 1 and batches[0][0].shape == (len(selection.rows), SIZE, SIZE, 3)
+    batch = next(iter(data.train_dataset(source, selection, len(selection.rows), SIZE)))
+    assert batch[0].shape == (len(selection.rows), SIZE, SIZE, 3)
 
 
 def test_truncated_jpeg_has_a_readable_header_but_is_refused(tmp_path):

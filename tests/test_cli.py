@@ -229,6 +229,39 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
     assert stats["propagation/refresh_seconds"] > 0
 
 
+@pytest.mark.parametrize("method_flags", [["--method=llp", "--instance_epochs=1"],
+                                          ["--method=llp", "--instance_epochs=1", "--labelled_per_batch=8"],
+                                          ["--method=supervised"]],
+                         ids=["llp", "labelled_per_batch", "supervised"])
+def test_llp_train_on_two_replicas_equals_one_device(method_flags, tiny_npz, tmp_path):
+    """The same run on one device and on two replicas (--deterministic) trains on the same batches
+    (Keras iterates a dataset once more under a strategy): the same weights, BatchNorm statistics, bank
+    and pseudo-labels after the first epoch (instance recognition, then the switch's propagation). Not
+    later: a float-level tie in one example's vote may flip its pseudo-label, and the runs part."""
+    readers = []
+    for name, placement in (("one", []), ("two", ["--strategy=mirrored", "--cpu_replicas=2"])):
+        workdir = tmp_path / name
+        run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *TINY, f"--workdir={workdir}",
+                 "--epochs=2", "--steps_per_epoch=3", "--learning_rate=0.01", "--deterministic",
+                 *method_flags, *placement)
+        readers.append(tf.train.load_checkpoint(str(workdir / "checkpoints" / "ckpt-1")))
+    one, two = readers
+    # Momentum slots left out: gradients summed in another order (per replica, then all-reduced) make
+    # rounding differences, which three steps grow to ~1e-4 of the weights and more of the momentum.
+    names = [name for name in one.get_variable_to_shape_map()
+             if "save_counter" not in name and "optimizer/_variables" not in name]
+    assert any("state/bank" in name for name in names) and len(names) > 20
+    apart = {}
+    for name in names:
+        expected, got = np.asarray(one.get_tensor(name)), np.asarray(two.get_tensor(name))
+        if expected.dtype.kind != "f":  # pseudo-labels may flip where two classes' votes tie
+            assert np.mean(got != expected) <= 0.01, name
+            continue
+        scale = max(np.max(np.abs(expected), initial=0), 1e-3)
+        apart[name] = float(np.max(np.abs(got - expected), initial=0) / scale)
+    assert max(apart.values()) < 1e-3, sorted(apart.items(), key=lambda item: -item[1])[:5]
+
+
 def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path):
     """--refresh_bank on two replicas: the last pass rewrote every replica's copy of the bank with the
     final network's embeddings of the unaugmented images."""

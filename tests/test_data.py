@@ -281,16 +281,17 @@ def test_selection_errors():
 # train_dataset, eval_dataset, preprocess_for_eval
 
 
-def epoch_indices(dataset):
-    return np.concatenate([indices for _, _, indices in dataset.as_numpy_iterator()])
+def pass_indices(dataset, num_batches, first_batch=0):
+    """The indices of batches first_batch ... first_batch + num_batches - 1 (train_dataset is endless)."""
+    batches = dataset.skip(first_batch).take(num_batches).as_numpy_iterator()
+    return np.concatenate([indices for _, _, indices in batches])
 
 
 def test_train_dataset_batches():
     source = array_source()
     selection = data.select_examples(source.labels("train"), 0.2, kept_fraction=0.8)
     dataset = data.train_dataset(source, selection, batch_size=8, image_size=6)
-    batches = list(dataset.as_numpy_iterator())
-    assert len(batches) == 40 // 8
+    batches = list(dataset.take(40 // 8).as_numpy_iterator())
     images, labels, indices = batches[0]
     assert images.shape == (8, 6, 6, 3) and images.dtype == np.float32
     assert labels.dtype == np.int64 and indices.dtype == np.int64
@@ -301,19 +302,26 @@ def test_train_dataset_batches():
         np.testing.assert_array_equal(labels, selection.labels[indices])
 
 
-def test_train_dataset_drops_the_remainder_and_reshuffles():
+def test_train_dataset_drops_the_remainder_reshuffles_each_pass_and_repeats_on_each_iteration():
     source = array_source()
     selection = data.select_examples(source.labels("train"), 0.2)
     dataset = data.train_dataset(source, selection, batch_size=8, image_size=8)
-    first, second = epoch_indices(dataset), epoch_indices(dataset)
-    assert len(first) == 48 and len(set(first)) == 48 and set(first) <= set(range(50))
+    first, second = pass_indices(dataset, 6), pass_indices(dataset, 6, first_batch=6)
+    for one_pass in first, second:
+        assert len(one_pass) == 48 and len(set(one_pass)) == 48 and set(one_pass) <= set(range(50))
     assert not np.array_equal(first, second)
+    # Iterating the dataset again (as Keras does under a multi-replica strategy) gives the same
+    # batches, augmentations included.
+    again = list(dataset.take(12).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in again]), np.concatenate([first, second]))
+    np.testing.assert_array_equal(np.stack([b[0] for b in again]),
+                                  np.stack([b[0] for b in dataset.take(12).as_numpy_iterator()]))
 
 
 def test_train_dataset_without_augmentation_keeps_the_content():
     source = array_source()
     selection = data.select_examples(source.labels("train"), 0.2, kept_fraction=0.6)
-    for images, _, indices in data.train_dataset(source, selection, 5, 8, augment=False):
+    for images, _, indices in data.train_dataset(source, selection, 5, 8, augment=False).take(12):
         rows_seen = np.round(images.numpy()[:, 0, 0, 0] * 255)
         np.testing.assert_array_equal(rows_seen, selection.rows[indices.numpy()])
 
@@ -322,8 +330,8 @@ def test_train_dataset_labelled_only():
     source = array_source()
     selection = data.select_examples(source.labels("train"), 0.4, kept_fraction=0.5)
     dataset = data.train_dataset(source, selection, batch_size=4, image_size=8, labelled_only=True)
-    indices = epoch_indices(dataset)
     labelled = np.flatnonzero(selection.is_labelled)
+    indices = pass_indices(dataset, len(labelled) // 4)
     assert len(indices) == len(labelled) // 4 * 4
     assert set(indices) <= set(labelled) and len(set(indices)) == len(indices)
     with pytest.raises(ValueError, match="batch_size"):
@@ -354,8 +362,7 @@ def test_train_dataset_with_labelled_examples_in_every_batch():
     assert num_labelled >= 6
     dataset = data.train_dataset(source, selection, batch_size=8, image_size=8, augment=False,
                                  labelled_per_batch=3, seed=4)
-    batches = list(dataset.as_numpy_iterator())
-    assert len(batches) == num_unlabelled // 5  # one pass over the unlabelled examples, 5 per batch
+    batches = list(dataset.take(num_unlabelled // 5).as_numpy_iterator())  # an unlabelled pass
     for images, labels, indices in batches:
         assert [i in labelled for i in indices] == [False] * 5 + [True] * 3
         assert len(set(indices)) == 8
@@ -366,9 +373,10 @@ def test_train_dataset_with_labelled_examples_in_every_batch():
     labelled_seen = np.concatenate([indices[5:] for _, _, indices in batches])
     one_pass = num_labelled // 3 * 3  # a pass over the labelled examples, without repeats
     assert len(set(labelled_seen[:one_pass])) == one_pass
-    assert set(labelled_seen) == labelled  # the passes cycle, reshuffled
+    assert set(labelled_seen) == labelled  # the passes cycle, reshuffled:
+    assert not np.array_equal(labelled_seen[:one_pass], labelled_seen[one_pass:2 * one_pass])
     again = list(data.train_dataset(source, selection, batch_size=8, image_size=8, augment=False,
-                                    labelled_per_batch=3, seed=4).as_numpy_iterator())
+                                    labelled_per_batch=3, seed=4).take(len(batches)).as_numpy_iterator())
     np.testing.assert_array_equal(np.stack([b[2] for b in again]), np.stack([b[2] for b in batches]))
     with pytest.raises(ValueError, match="labelled_per_batch=8"):
         data.train_dataset(source, selection, batch_size=8, image_size=8, labelled_per_batch=8)
@@ -391,13 +399,13 @@ def test_train_dataset_is_reproducible_from_its_seed():
     assert not np.array_equal(a[2], c[2])
 
 
-def test_train_dataset_augments_differently_each_epoch():
+def test_train_dataset_augments_differently_each_pass():
     source = array_source(num_train=10, shape=(12, 12, 3))
     source._stored["train"] = np.random.default_rng(0).integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
     selection = data.select_examples(source.labels("train"), 0.5)
     dataset = data.train_dataset(source, selection, batch_size=10, image_size=10)
     epochs = []
-    for images, _, indices in dataset.repeat(2):
+    for images, _, indices in dataset.take(2):  # a pass is one batch
         epochs.append(images.numpy()[np.argsort(indices.numpy())])
     assert not np.allclose(epochs[0], epochs[1])
 

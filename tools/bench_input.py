@@ -70,7 +70,7 @@ def main(argv):
           f"{time.perf_counter() - started:.1f} s; {FLAGS.backbone} {image_size}x{image_size}x"
           f"{source.channels}, batch {FLAGS.batch_size}, phase {FLAGS.phase}")
     dataset = data.train_dataset(source, selection, FLAGS.batch_size, image_size, seed=0,
-                                 labelled_only=FLAGS.phase == "supervised").repeat()
+                                 labelled_only=FLAGS.phase == "supervised")
     batches = iter(dataset)
     pipeline = images_per_second(lambda: next(batches), lambda batch: batch[0][0, 0, 0, 0], FLAGS.steps)
     print(f"pipeline alone: {pipeline:,.0f} images/s; peak memory {peak_mib():,.0f} MiB", flush=True)
