@@ -101,6 +101,7 @@ run fmnist_llp_from_sup12_s1 --flagfile=$fmnist "${long[@]}" --seed=1 --init_fro
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
 # Session 7: a wider network (small_cnn --width=2, ~4x the compute per step) on Fashion-MNIST: does
-# LLP's margin over the supervised run grow when the network has room above 600 labels?
+# LLP's margin over the supervised run grow when the network has room above 600 labels? (The LLP run is
+# queued, not yet run.)
 run fmnist_sup_w2_s0 --flagfile=$fmnist --method=supervised --width=2
 run fmnist_llp_from_sup12_w2_s0 --flagfile=$fmnist "${long[@]}" --width=2 --init_from="$runs/fmnist_sup_w2_s0"
