@@ -331,9 +331,10 @@ def test_train_dataset_labelled_only():
     selection = data.select_examples(source.labels("train"), 0.4, kept_fraction=0.5)
     dataset = data.train_dataset(source, selection, batch_size=4, image_size=8, labelled_only=True)
     labelled = np.flatnonzero(selection.is_labelled)
-    indices = pass_indices(dataset, len(labelled) // 4)
-    assert len(indices) == len(labelled) // 4 * 4
-    assert set(indices) <= set(labelled) and len(set(indices)) == len(indices)
+    batches_per_pass = len(labelled) // 4  # the remainder of each pass is dropped
+    for first_batch in (0, batches_per_pass):
+        indices = pass_indices(dataset, batches_per_pass, first_batch)
+        assert set(indices) <= set(labelled) and len(set(indices)) == len(indices)
     with pytest.raises(ValueError, match="batch_size"):
         data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)
 
