@@ -102,6 +102,10 @@ run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_
 run cifar_llp_s1 --flagfile=$cifar --seed=1
 # Session 7: a wider network (small_cnn --width=2, ~4x the compute per step) on Fashion-MNIST: does
 # LLP's margin over the supervised run grow when the network has room above 600 labels? (The LLP run is
-# queued, not yet run.)
+# first run in session 7, rerun from scratch in session 8.)
 run fmnist_sup_w2_s0 --flagfile=$fmnist --method=supervised --width=2
 run fmnist_llp_from_sup12_w2_s0 --flagfile=$fmnist "${long[@]}" --width=2 --init_from="$runs/fmnist_sup_w2_s0"
+# Session 8: a confidence threshold (pseudo-labels below 0.8 confidence weigh 0), from the same start
+# as fmnist_llp_from_sup12_s0.
+run fmnist_llp_from_sup12_thr08_s0 --flagfile=$fmnist "${long[@]}" --flagfile=flags/departures/confidence_threshold.cfg \
+  --init_from="$runs/fmnist_sup_s0"
