@@ -299,11 +299,13 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     for name in ("metrics.json", "config.json"):
         (ablation / name).write_text((tiny_llp_run / name).read_text())
     (ablation / "config.json").write_text(json.dumps({**config, "use_density": False, "use_category_loss": False,
-                                                      "refresh_bank": True, "crop_area_min": 0.6}))
+                                                      "refresh_bank": True, "crop_area_min": 0.6,
+                                                      "confidence_threshold": 0.8, "width": 2}))
     (runs / "tiny_abl_s0").symlink_to(ablation)
     out = run_tool("llp_tf.tools.results_table", str(runs), "--match=abl").stdout
     assert ", no density, no category loss" in out and "tiny_llp_s" not in out
     assert ", bank refreshed before each propagation, crops of >= 60% of the area" in out
+    assert ", pseudo-labels below confidence 0.8 weigh 0, width 2" in out
     assert "refreshed" not in run_tool("llp_tf.tools.results_table", str(runs), "--match=tiny_llp").stdout
 
 

@@ -56,6 +56,10 @@ def describe(config):
         text += ", bank refreshed before each propagation"
     if config.get("crop_area_min", CROP_AREA_MIN) != CROP_AREA_MIN:
         text += f", crops of >= {100 * config['crop_area_min']:g}% of the area"
+    if config.get("confidence_threshold"):
+        text += f", pseudo-labels below confidence {config['confidence_threshold']:g} weigh 0"
+    if config.get("width") not in (None, 1):
+        text += f", width {config['width']}"
     return text
 
 
