@@ -247,7 +247,8 @@ def test_llp_train_on_two_replicas_equals_one_device(method_flags, tiny_npz, tmp
         readers.append(tf.train.load_checkpoint(str(workdir / "checkpoints" / "ckpt-1")))
     one, two = readers
     # Momentum slots left out: gradients summed in another order (per replica, then all-reduced) make
-    # rounding differences, which three steps grow to ~1e-4 of the weights and more of the momentum.
+    # rounding differences, which three steps grow to ~1e-4 of the weights here and 1.2e-3 on CI's
+    # machine, more of the momentum. Other batches put the runs ~1x the weights' scale apart.
     names = [name for name in one.get_variable_to_shape_map()
              if "save_counter" not in name and "optimizer/_variables" not in name]
     assert any("state/bank" in name for name in names) and len(names) > 20
@@ -259,7 +260,7 @@ def test_llp_train_on_two_replicas_equals_one_device(method_flags, tiny_npz, tmp
             continue
         scale = max(np.max(np.abs(expected), initial=0), 1e-3)
         apart[name] = float(np.max(np.abs(got - expected), initial=0) / scale)
-    assert max(apart.values()) < 1e-3, sorted(apart.items(), key=lambda item: -item[1])[:5]
+    assert max(apart.values()) < 1e-2, sorted(apart.items(), key=lambda item: -item[1])[:5]
 
 
 def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path):
@@ -337,6 +338,27 @@ def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
     assert results["classifier"] == pytest.approx(
         np.mean(logits.argmax(1)[unlabelled] == labels[unlabelled]), abs=one_row)
     assert len(results) == 1 + 4 * 2  # classifier; 4 feature kinds x (density, kNN) at one K
+
+
+def test_pseudo_label_confidence_table(tiny_llp_run):
+    """tools/pseudo_label_confidence.py: each threshold's share of unlabelled rows and their accuracy,
+    against the same counted here, row by row, from the restored state."""
+    from llp_tf import export
+
+    out = run_tool("llp_tf.tools.pseudo_label_confidence", f"--workdir={tiny_llp_run}",
+                   "--thresholds=0,0.5,0.9,1.01").stdout
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    printed = {float(t): (float(share.strip(" %")), accuracy.strip(" %")) for t, share, accuracy in rows}
+    model, run = export.restore_model(str(tiny_llp_run))
+    is_labelled, confidences, labels = (getattr(model.state, name).numpy()
+                                        for name in ("is_labelled", "confidences", "labels"))
+    unlabelled = [row for row in range(len(labels)) if not is_labelled[row]]
+    for threshold in (0, 0.5, 0.9):
+        kept = [row for row in unlabelled if confidences[row] >= threshold]
+        right = sum(labels[row] == run.selection.labels[row] for row in kept)
+        assert printed[threshold][0] == pytest.approx(100 * len(kept) / len(unlabelled), abs=0.05)
+        assert float(printed[threshold][1]) == pytest.approx(100 * right / len(kept), abs=0.005)
+    assert printed[0][0] == 100.0 and printed[1.01] == (0.0, "nan")  # confidences are at most 1
 
 
 def test_every_run_behind_results_parses_into_a_valid_config(monkeypatch, tmp_path):

@@ -127,9 +127,13 @@ def test_two_workers_keep_identical_banks_equal_to_one_process(two_worker_run, t
     # rounding grows with training, to ~1e-3 in the third epoch, so later banks are not compared).
     np.testing.assert_allclose(checkpoint_state(workdir, "bank", epoch=1),
                                checkpoint_state(tiny_llp_run, "bank", epoch=1), atol=1e-5)
+    # The switch's propagation (end of epoch 1) from those banks: the same pseudo-labels but for ties.
+    assert np.mean(checkpoint_state(workdir, "labels", epoch=1)
+                   == checkpoint_state(tiny_llp_run, "labels", epoch=1)) > 0.99
     labels = chief["labels"][0]
     assert (labels >= 0).all()  # propagation labelled every row on both workers
-    assert np.mean(labels == checkpoint_state(tiny_llp_run, "labels")) > 0.99
+    # Final pseudo-labels only roughly: the grown rounding moved 3.5% of them on CI's machine.
+    assert np.mean(labels == checkpoint_state(tiny_llp_run, "labels")) > 0.9
     # The chief's checkpoint holds what it trained.
     np.testing.assert_array_equal(checkpoint_state(workdir, "bank"), chief["bank"][0])
 

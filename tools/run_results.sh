@@ -101,8 +101,8 @@ run fmnist_llp_from_sup12_s1 --flagfile=$fmnist "${long[@]}" --seed=1 --init_fro
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
 # Session 7: a wider network (small_cnn --width=2, ~4x the compute per step) on Fashion-MNIST: does
-# LLP's margin over the supervised run grow when the network has room above 600 labels? (The LLP run is
-# first run in session 7, rerun from scratch in session 8.)
+# LLP's margin over the supervised run grow when the network has room above 600 labels? (Both run in
+# session 8 on the idle machine; session 7's supervised run shared the cores with the test suite.)
 run fmnist_sup_w2_s0 --flagfile=$fmnist --method=supervised --width=2
 run fmnist_llp_from_sup12_w2_s0 --flagfile=$fmnist "${long[@]}" --width=2 --init_from="$runs/fmnist_sup_w2_s0"
 # Session 8: a confidence threshold (pseudo-labels below 0.8 confidence weigh 0), from the same start
