@@ -19,7 +19,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "scipy>=1.12", "pillow>=10"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.4", "matplotlib>=3.8", "scipy>=1.12", "pillow>=10"],
         # llp-analyze (matplotlib, scikit-learn), llp-compare-propagation (scikit-learn, SciPy)
         "analysis": ["matplotlib>=3.8", "scikit-learn>=1.4", "scipy>=1.12"],
     },
