@@ -97,7 +97,7 @@ for seed in 0 1; do
 done
 # A second seed of Fashion-MNIST's 12-epoch run from the supervised network.
 run fmnist_llp_from_sup12_s1 --flagfile=$fmnist "${long[@]}" --seed=1 --init_from="$runs/fmnist_sup_s1"
-# Queued, not yet run: the labelled-share departure alone, a second seed of the faithful CIFAR-10 run.
+# The labelled-share departure alone, a second seed of the faithful CIFAR-10 run (run in session 9).
 run fmnist_llp_share_s0 --flagfile=$fmnist --flagfile=flags/departures/labelled_share.cfg
 run cifar_llp_s1 --flagfile=$cifar --seed=1
 # Session 7: a wider network (small_cnn --width=2, ~4x the compute per step) on Fashion-MNIST: does
