@@ -1,6 +1,7 @@
 """How right are a run's pseudo-labels at each confidence, on the unlabelled examples?
 
-  python tools/pseudo_label_confidence.py --workdir=runs/fmnist_llp_from_sup12_s0 [--checkpoint=ckpt-7]
+  python tools/pseudo_label_confidence.py --workdir=runs/fmnist_llp_from_sup12_s0 \
+      [--checkpoint=runs/fmnist_llp_from_sup12_s0/checkpoints/ckpt-7]
 
 Restores the run's state (its latest checkpoint, or --checkpoint) and prints, for each threshold, the
 share of unlabelled examples whose pseudo-label confidence reaches it and how many of those labels are
@@ -13,7 +14,7 @@ import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
-flags.DEFINE_string("checkpoint", None, "a checkpoint name under workdir/checkpoints (default: the latest)")
+flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to read; default: the latest")
 flags.DEFINE_list("thresholds", ["0", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"], "confidence thresholds")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
