@@ -7,7 +7,7 @@ setup(
     description="Local Label Propagation (Zhuang et al. 2019) for TensorFlow 2 / Keras 3",
     python_requires=">=3.10",
     # The command-line programs live in tools/ and install as llp_tf.tools.
-    packages=["llp_tf", "llp_tf.tools"],
+    packages=["llp_tf", "llp_tf.data", "llp_tf.tools"],
     package_dir={"llp_tf": "llp_tf", "llp_tf.tools": "tools"},
     install_requires=[
         "tensorflow>=2.16,<3",  # Keras 3; GPU users: tensorflow[and-cuda]

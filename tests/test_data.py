@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from llp_tf import data
+from llp_tf.data import pipelines
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -346,7 +347,7 @@ def test_train_dataset_passes_crop_area_min_to_the_augmentation(monkeypatch):
         seen.append(crop_area_min)
         return data.preprocess_for_eval(image, image_size)
 
-    monkeypatch.setattr(data, "augment_image", recording_augment)
+    monkeypatch.setattr(pipelines, "augment_image", recording_augment)
     source = array_source(num_train=60)
     selection = data.select_examples(source.labels("train"), 0.2)
     for labelled_per_batch in (0, 3):

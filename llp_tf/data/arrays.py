@@ -1,0 +1,126 @@
+"""Sources held in memory as uint8 arrays: `ArraySource`, and the two file forms read into one,
+MNIST-format idx files (`load_idx_source`, `read_idx`) and a .npz (`load_npz_source`)."""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+
+import numpy as np
+
+from llp_tf.data.base import SPLITS, ListedSource
+
+
+class ArraySource(ListedSource):
+    """A source held in memory as uint8 arrays (the idx and npz forms)."""
+
+    def __init__(self, x_train, y_train, x_test, y_test, class_names=None, origin="arrays"):
+        self._stored = {"train": _as_image_array(x_train, f"{origin} x_train"),
+                        "test": _as_image_array(x_test, f"{origin} x_test")}
+        self._labels = {"train": _as_label_array(y_train, f"{origin} y_train"),
+                        "test": _as_label_array(y_test, f"{origin} y_test")}
+        for split in SPLITS:
+            if len(self._stored[split]) != len(self._labels[split]):
+                raise ValueError(f"{origin}: {len(self._stored[split])} {split} images but "
+                                 f"{len(self._labels[split])} {split} labels")
+        if self._stored["train"].shape[1:] != self._stored["test"].shape[1:]:
+            raise ValueError(f"{origin}: train images are {self._stored['train'].shape[1:]} but test "
+                             f"images are {self._stored['test'].shape[1:]}")
+        largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
+        if class_names is None:
+            class_names = [str(c) for c in range(largest_label + 1)]
+        self.class_names = [str(name) for name in class_names]
+        self.num_classes = len(self.class_names)
+        if largest_label >= self.num_classes:
+            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
+        self.image_shape = tuple(int(d) for d in self._stored["train"].shape[1:])
+        self.channels = self.image_shape[-1]
+
+
+def load_idx_source(directory: str) -> ArraySource:
+    """MNIST / Fashion-MNIST idx files, gzipped or not; images get a channel axis [N, 28, 28, 1]."""
+    arrays = {}
+    for key, stem in (("x_train", "train-images-idx3-ubyte"), ("y_train", "train-labels-idx1-ubyte"),
+                      ("x_test", "t10k-images-idx3-ubyte"), ("y_test", "t10k-labels-idx1-ubyte")):
+        path = _find_idx_file(directory, stem)
+        array = read_idx(path)
+        expected_ndim = 3 if key.startswith("x") else 1
+        if array.dtype != np.uint8 or array.ndim != expected_ndim:
+            raise ValueError(f"{path}: expected uint8 with {expected_ndim} dimensions, "
+                             f"got {array.dtype} {array.shape}")
+        arrays[key] = array
+    return ArraySource(**arrays, origin=directory)  # which adds the channel axis
+
+
+def load_npz_source(path: str) -> ArraySource:
+    """A .npz with x_train, y_train, x_test, y_test and, optionally, class_names."""
+    with np.load(path, allow_pickle=False) as npz:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {sorted(npz.files)})")
+        class_names = list(npz["class_names"]) if "class_names" in npz.files else None
+        return ArraySource(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
+                           class_names=class_names, origin=path)
+
+
+# idx format: 0, 0, a type code, the number of dimensions, then each dimension as big-endian uint32.
+_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parses one idx file (gzip detected from its content) into an array of its stored shape."""
+    raw = _read_maybe_gzipped(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an idx file (magic number {raw[:4].hex() or 'missing'})")
+    ndim, dtype = raw[3], _IDX_TYPES[raw[2]]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(f"{path}: idx header announces {ndim} dimensions but the file ends first")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    data_size = math.prod(shape) * dtype.itemsize
+    if len(raw) != header_size + data_size:
+        raise ValueError(f"{path}: idx header says shape {shape} ({data_size} bytes of data) but the "
+                         f"file has {len(raw) - header_size} bytes of data")
+    return np.frombuffer(raw, dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _as_image_array(x, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise ValueError(f"{what}: images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"{what}: images must be [N, H, W] or [N, H, W, 1 or 3], got {x.shape}")
+    return x
+
+
+def _as_label_array(y, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:  # Keras-style [N, 1] labels
+        y = y[:, 0]
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"{what}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{what}: negative label {y.min()}")
+    return y.astype(np.int64)
+
+
+def _find_idx_file(directory: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"idx source {directory}: neither {stem}.gz nor {stem} found")
+
+
+def _read_maybe_gzipped(path: str) -> bytes:
+    with open(path, "rb") as file:
+        raw = file.read()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: corrupt gzip data ({error})") from error

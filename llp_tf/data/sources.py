@@ -1,0 +1,43 @@
+"""Opening a source from its URI: `load_source`, the one data entry point of every program.
+
+A *source* is a dataset with a train and a test split, named by a URI:
+
+    tfds:NAME    a TensorFlow Datasets dataset ('train', and 'test' or else 'validation')
+    idx:DIR      MNIST-format idx files (train-images-idx3-ubyte[.gz], ..., t10k-labels-idx1-ubyte[.gz])
+    folder:DIR   DIR/train/<class>/**/*.{jpg,jpeg,png,gif,bmp,webp} and DIR/test/<class>/** (or
+                 DIR/val/<class>/**); every file is decoded once on opening, bad ones are refused or
+                 skipped (on_bad_image)
+    npz:FILE     a .npz with x_train, y_train, x_test, y_test (uint8 images)
+"""
+from __future__ import annotations
+
+import os
+
+from llp_tf.data.arrays import load_idx_source, load_npz_source
+from llp_tf.data.base import Source
+from llp_tf.data.folders import FolderSource
+from llp_tf.data.tfds_source import TfdsSource
+
+
+def load_source(uri: str, data_dir: str | None = None, on_bad_image: str = "error") -> Source:
+    """Opens the source named by `uri` ('tfds:NAME', 'idx:DIR', 'folder:DIR' or 'npz:FILE');
+    `data_dir` is the TFDS data directory (TFDS's default when None); on_bad_image ('error' or
+    'skip') is what a folder source does with files that are not decodable images."""
+    scheme, _, location = uri.partition(":")
+    openers = {"tfds": lambda: TfdsSource(location, data_dir),
+               "idx": lambda: load_idx_source(_existing_path(location, uri)),
+               "folder": lambda: FolderSource(_existing_path(location, uri), on_bad_image),
+               "npz": lambda: load_npz_source(_existing_path(location, uri))}
+    if scheme not in openers:
+        raise ValueError(f"unknown dataset {uri!r}: expected one of "
+                         + ", ".join(f"'{name}:...'" for name in openers))
+    if not location:
+        raise ValueError(f"dataset {uri!r} names no {'dataset' if scheme == 'tfds' else 'path'}")
+    return openers[scheme]()
+
+
+def _existing_path(location: str, uri: str) -> str:
+    path = os.path.expanduser(location)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset {uri!r}: {path} does not exist")
+    return path
