@@ -1,13 +1,15 @@
 """llp_tf: Local Label Propagation in TensorFlow 2 / Keras 3."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="llp_tf",
     version="0.1.0",
     description="Local Label Propagation (Zhuang et al. 2019) for TensorFlow 2 / Keras 3",
     python_requires=">=3.10",
-    # The command-line programs live in tools/ and install as llp_tf.tools.
-    packages=["llp_tf", "llp_tf.data", "llp_tf.tools"],
+    # The library is llp_tf/ with its subpackages; the command-line programs live in tools/ and install
+    # as llp_tf.tools. scripts/ (benchmarks, the kill drill, the RESULTS.md runner) and tests/ are not
+    # installed.
+    packages=find_packages(include=["llp_tf", "llp_tf.*"]) + ["llp_tf.tools"],
     package_dir={"llp_tf": "llp_tf", "llp_tf.tools": "tools"},
     install_requires=[
         "tensorflow>=2.16,<3",  # Keras 3; GPU users: tensorflow[and-cuda]

@@ -71,7 +71,7 @@ def _minus_log_share_unit(embeddings, bank, bank_keys, keys, tau):
 # XLA fuses each function's elementwise work on the [B, N] block into one pass that never
 # materialises the [B, N] membership mask; unfused, these passes cost more than the two matrix
 # multiplies. The multiplies stay outside XLA: TensorFlow's own (oneDNN on CPU) were faster
-# (tools/bench_step.py, BUILD.md).
+# (scripts/bench_step.py, BUILD.md).
 @tf.function(jit_compile=True)
 def _weights_and_sums(logits, bank_keys, keys, tau):
     """(w = exp(logits - 1/tau) [B, N], sum of w over A [B], sum of w outside A [B])."""

@@ -288,7 +288,7 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     for seed in (0, 1):
         (runs / f"tiny_llp_s{seed}").symlink_to(tiny_llp_run)
     metrics = json.loads((tiny_llp_run / "metrics.json").read_text())
-    out = run_tool("llp_tf.tools.results_table", str(runs)).stdout
+    out = run_tool("scripts.results_table", str(runs)).stdout
     assert out.count("| tiny_llp_s") == 2
     assert "| tiny_llp | npz:" in out and f"| 2 | {100 * metrics['val_top1']:.2f} | 0.00 |" in out
     config = json.loads((tiny_llp_run / "config.json").read_text())
@@ -303,11 +303,11 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
                                                       "refresh_bank": True, "crop_area_min": 0.6,
                                                       "confidence_threshold": 0.8, "width": 2}))
     (runs / "tiny_abl_s0").symlink_to(ablation)
-    out = run_tool("llp_tf.tools.results_table", str(runs), "--match=abl").stdout
+    out = run_tool("scripts.results_table", str(runs), "--match=abl").stdout
     assert ", no density, no category loss" in out and "tiny_llp_s" not in out
     assert ", bank refreshed before each propagation, crops of >= 60% of the area" in out
     assert ", pseudo-labels below confidence 0.8 weigh 0, width 2" in out
-    assert "refreshed" not in run_tool("llp_tf.tools.results_table", str(runs), "--match=tiny_llp").stdout
+    assert "refreshed" not in run_tool("scripts.results_table", str(runs), "--match=tiny_llp").stdout
 
 
 def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
@@ -362,13 +362,13 @@ def test_pseudo_label_confidence_table(tiny_llp_run):
 
 
 def test_every_run_behind_results_parses_into_a_valid_config(monkeypatch, tmp_path):
-    """tools/run_results.sh (dry run): each run's arguments, flagfiles included, make a valid llp-train
+    """scripts/run_results.sh (dry run): each run's arguments, flagfiles included, make a valid llp-train
     config, every run has its own workdir, and every --init_from names a run listed before it."""
     import shlex
     import subprocess
 
     runs = tmp_path / "runs"
-    listing = subprocess.run(["bash", os.path.join(ROOT, "tools", "run_results.sh"), str(runs)],
+    listing = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_results.sh"), str(runs)],
                              env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True)
     lines = listing.stdout.splitlines()
     assert len(lines) >= 20 and not runs.exists()

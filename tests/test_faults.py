@@ -1,7 +1,7 @@
 """Faults lose nothing and runs are reproducible.
 
 End to end (subprocesses, --deterministic): SIGINT and SIGTERM stop training at a step with a
-checkpoint of it, and SIGKILLs inside checkpoint saves (tools/kill_drill.py pauses the save there)
+checkpoint of it, and SIGKILLs inside checkpoint saves (scripts/kill_drill.py pauses the save there)
 lose nothing; after the reruns, metrics.json and the final checkpoint equal those of a run that was
 never stopped, so two runs with the same seeds give identical values. In process: a damaged checkpoint
 is skipped for the previous one (by training and by the tools that read a run), one of an older
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from llp_tf import checkpoints, train
 from llp_tf.config import TrainConfig
-from llp_tf.tools import kill_drill
+from scripts import kill_drill
 
 EPOCHS, STEPS = 3, 10  # one instance-recognition epoch, then two LLP epochs
 

@@ -9,7 +9,7 @@ writes into OUTPUT_DIR: aggregation_curve.png (Fig. 2b), class_norm_histogram.pn
 class_norm_scatter.png (Fig. 2d, with --compare_workdir only: a run on the same training examples),
 mds_classes.png (Fig. 2a, e-g: the --classes, default the easiest, the hardest and the most multi-modal
 class), summary.txt (also printed) and summary.json. Needs matplotlib and scikit-learn
-(pip install ".[analysis]"). See llp_tf/analysis.py.
+(pip install ".[analysis]"). See llp_tf/analysis/.
 """
 import os
 import sys

@@ -2,9 +2,10 @@
 
   llp-propagate --features=IN.npz --output=OUT.npz [--k=10 --t=25 --tau=0.07 --method=llp]
 
-IN.npz holds `embeddings` (float [N, D]; rows are L2-normalised here) and `labels` (int [N], -1 marks
-unlabelled). OUT.npz holds `pseudo_labels` (int64 [N]) and `confidences` (float32 [N]); labelled rows
-keep their label with confidence 1.
+IN.npz is a features file (llp_tf/features.py): `features` (float [N, D]; rows are L2-normalised) and
+`labels` (int [N], -1 marks unlabelled: those rows are propagated to; the old key `embeddings` is still
+read). OUT.npz holds `pseudo_labels` (int64 [N]) and `confidences` (float32 [N]); labelled rows keep
+their label with confidence 1.
 """
 import sys
 import time
@@ -13,8 +14,10 @@ import numpy as np
 from absl import app, flags
 
 from llp_tf import config
+from llp_tf.features import load_features
 
-flags.DEFINE_string("features", None, "input .npz with embeddings [N, D] and labels [N] (-1 = unlabelled)")
+flags.DEFINE_string("features", None,
+                    "input features file: features [N, D] and labels [N] (-1 = unlabelled)")
 flags.DEFINE_string("output", None, "output .npz with pseudo_labels and confidences")
 flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote")
 flags.DEFINE_integer("t", 25, "T: neighbours of the local density")
@@ -28,36 +31,18 @@ flags.mark_flags_as_required(["features", "output"])
 FLAGS = flags.FLAGS
 
 
-def read_features(path):
-    """(unit-length embeddings float32 [N, D], labels int64 [N]) with clear errors on bad input."""
-    with np.load(path) as archive:
-        missing = {"embeddings", "labels"} - set(archive.files)
-        if missing:
-            raise ValueError(f"{path} lacks {sorted(missing)} (it has {archive.files})")
-        embeddings = np.asarray(archive["embeddings"], np.float32)
-        labels = np.asarray(archive["labels"]).astype(np.int64)
-    if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
-        raise ValueError(f"embeddings must be [N, D] and labels [N]; got {embeddings.shape} and {labels.shape}")
-    if not np.isfinite(embeddings).all():
-        raise ValueError(f"{path}: embeddings hold NaN or Inf")
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"{path}: {int((norms == 0).sum())} embedding rows are all zero")
-    embeddings /= norms  # in place: at N = 1M rows a copy is half a gigabyte
-    return embeddings, labels
-
-
 def main(argv):
     del argv
+    # Not at the top: TensorFlow loads only once the flags are parsed (--help and flag errors stay fast).
     from llp_tf import propagation
     started = time.perf_counter()
     try:
-        embeddings, labels = read_features(FLAGS.features)
+        features, labels = load_features(FLAGS.features)
         num_classes = FLAGS.num_classes or int(labels.max()) + 1
         if labels.max() >= num_classes or labels.min() < -1:
             raise ValueError(f"labels must lie in [-1, {num_classes - 1}]")
         result = propagation.propagate(
-            embeddings, labels >= 0, labels, num_classes, k=FLAGS.k, t=FLAGS.t, tau=FLAGS.tau,
+            features, labels >= 0, labels, num_classes, k=FLAGS.k, t=FLAGS.t, tau=FLAGS.tau,
             use_density=FLAGS.method == "llp", include_self=FLAGS.density_include_self,
             chunks=propagation.Chunks(FLAGS.query_rows, FLAGS.key_rows))
     except (ValueError, FileNotFoundError) as error:

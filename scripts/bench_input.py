@@ -1,8 +1,8 @@
 """Benchmark: the training input pipeline alone against the rate at which the model consumes batches,
 in the same process, and whether feeding the model from the pipeline slows its steps.
 
-  python tools/bench_input.py --dataset=idx:/usr/share/datasets/fashion-mnist
-  python tools/bench_input.py --dataset=folder:/tmp/cifar10-jpg --backbone=cifar_resnet20
+  python scripts/bench_input.py --dataset=idx:/usr/share/datasets/fashion-mnist
+  python scripts/bench_input.py --dataset=folder:/tmp/cifar10-jpg --backbone=cifar_resnet20
 
 Three rates, in images per second, each after a warm-up:
   pipeline: iterating `data.train_dataset` (decode, augmentation, batching) with no model;
@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import data
-from llp_tf.tools import bench_common
+import bench_common  # scripts/bench_common.py: these scripts run as files, not installed
 
 flags.DEFINE_string("dataset", "idx:/usr/share/datasets/fashion-mnist", "idx:DIR | folder:DIR | npz:FILE | tfds:NAME")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")

@@ -1,8 +1,8 @@
 """Kill drill: SIGKILLs a small llp-train run again and again, some kills inside checkpoint writes,
 reruns the same command after each, and checks that the finished run equals an uninterrupted one.
 
-  python -c "from tests.datasets import write_npz; write_npz('/tmp/drill.npz', num_train=960)"
-  python tools/kill_drill.py --dataset=npz:/tmp/drill.npz --workdir=/tmp/drill --kills=10 --seed=0
+  python -c "from tests.datasets import write_npz; write_npz('/tmp/drill.npz', num_train=960)"  # from the repository root
+  python scripts/kill_drill.py --dataset=npz:/tmp/drill.npz --workdir=/tmp/drill --kills=10 --seed=0
 
 Every round starts the run (the same --deterministic command each time) and SIGKILLs it: once during
 start-up (a random moment within the reference run's start-up), once at each pause point inside a
@@ -58,7 +58,7 @@ def start(command, log_prefix, pause_at=None):
     if pause_at:
         env[PAUSE_ENV] = pause_at
         module = command.index("llp_tf.tools.train")
-        command = command[:module - 1] + ["-m", "llp_tf.tools.kill_drill", "--child"] + command[module + 1:]
+        command = command[:module - 1] + [os.path.abspath(__file__), "--child"] + command[module + 1:]
     with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
         return subprocess.Popen(command, stdout=out, stderr=err, env=env)
 

@@ -1,7 +1,7 @@
 """Benchmark: one LLP (and instance-recognition) training step against one supervised step of the same
 network and batch, in the same process, as the memory bank grows; and the parts of the LLP step.
 
-  python tools/bench_step.py --bank_rows=10000,60000,200000,1000000 --backbone=small_cnn --image_size=28
+  python scripts/bench_step.py --bank_rows=10000,60000,200000,1000000 --backbone=small_cnn --image_size=28
 
 Phases are timed in interleaved rounds and the median round is reported, so that load from other
 processes hits every phase alike. Parts, each alone in its own tf.function:
@@ -18,7 +18,7 @@ from absl import app, flags
 
 from llp_tf import bank as bank_lib
 from llp_tf import losses
-from llp_tf.tools import bench_common
+import bench_common  # scripts/bench_common.py: these scripts run as files, not installed
 
 flags.DEFINE_list("bank_rows", ["10000", "60000", "200000"], "bank sizes N to measure")
 flags.DEFINE_string("backbone", "small_cnn", "backbone")

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The training runs behind RESULTS.md, one after another, in the order they were run. A run whose
 # metrics.json exists is skipped, and a killed one resumes from its checkpoint, so rerunning continues.
-#   bash tools/run_results.sh RUNS_DIR [NAME_PATTERN]
-#   DRY_RUN=1 bash tools/run_results.sh RUNS_DIR    # print each run's llp-train arguments, run nothing
+#   bash scripts/run_results.sh RUNS_DIR [NAME_PATTERN]
+#   DRY_RUN=1 bash scripts/run_results.sh RUNS_DIR    # print each run's llp-train arguments, run nothing
 # Each run's full command, start, end and result are appended to RUNS_DIR/runs.txt; its output goes to
 # RUNS_DIR/NAME.log. CIFAR-10 runs expect the JPEG folders at /tmp/cifar10-jpg (see the flagfile).
 set -euo pipefail
-runs=${1:?usage: bash tools/run_results.sh RUNS_DIR [NAME_PATTERN]}
+runs=${1:?usage: bash scripts/run_results.sh RUNS_DIR [NAME_PATTERN]}
 pattern=${2:-.}
 [[ -n ${DRY_RUN:-} ]] || mkdir -p "$runs"
 cd "$(dirname "$0")/.."

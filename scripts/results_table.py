@@ -1,8 +1,8 @@
-"""Prints the RESULTS.md table of the finished runs in a directory (as tools/run_results.sh leaves it):
+"""Prints the RESULTS.md table of the finished runs in a directory (as scripts/run_results.sh leaves it):
 one row per run with its settings that differ between runs, its results and wall time, then the mean
 and spread of every group of runs that differ only in --seed.
 
-  python tools/results_table.py runs [--match=cifar]
+  python scripts/results_table.py runs [--match=cifar]
 """
 import collections
 import glob

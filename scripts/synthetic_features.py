@@ -1,9 +1,9 @@
 """Writes a features file for llp-propagate: Gaussian classes in D dimensions, M rows labelled.
 
-  python tools/synthetic_features.py --n=200000 --d=128 --m=20000 --output=/tmp/feat200k.npz
+  python scripts/synthetic_features.py --n=200000 --d=128 --m=20000 --output=/tmp/feat200k.npz
 
-The file holds embeddings [N, D] float32, labels [N] (-1 = unlabelled) and truth [N] (every row's
-class, for scoring the propagation).
+The file (the format of llp_tf/features.py) holds features [N, D] float32, labels [N] (-1 =
+unlabelled) and truth [N] (every row's class, for scoring the propagation).
 """
 import numpy as np
 from absl import app, flags
@@ -24,11 +24,11 @@ def main(argv):
     rng = np.random.default_rng(FLAGS.seed)
     centres = rng.normal(size=(FLAGS.classes, FLAGS.d)).astype(np.float32)
     truth = rng.integers(0, FLAGS.classes, FLAGS.n)
-    embeddings = centres[truth] + FLAGS.noise * rng.normal(size=(FLAGS.n, FLAGS.d)).astype(np.float32)
+    features = centres[truth] + FLAGS.noise * rng.normal(size=(FLAGS.n, FLAGS.d)).astype(np.float32)
     labels = np.full(FLAGS.n, -1)
     labelled = rng.permutation(FLAGS.n)[:FLAGS.m]
     labels[labelled] = truth[labelled]
-    np.savez(FLAGS.output, embeddings=embeddings, labels=labels, truth=truth)
+    np.savez(FLAGS.output, features=features, labels=labels, truth=truth)
     print(f"wrote {FLAGS.output}: {FLAGS.n} x {FLAGS.d}, {FLAGS.m} labelled, {FLAGS.classes} classes")
 
 

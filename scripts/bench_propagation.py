@@ -1,7 +1,7 @@
 """Benchmark: one propagation (density pass + label pass, called as the training callback calls it)
 against a float32 matrix multiply of the same total shape, in the same process, as N x M grows.
 
-  python tools/bench_propagation.py --sizes=50000x5000,100000x10000,200000x20000
+  python scripts/bench_propagation.py --sizes=50000x5000,100000x10000,200000x20000
 
 For each N x M (N bank rows of D dimensions, M of them labelled; synthetic unit rows around Gaussian
 class centres) it prints seconds, GFLOP/s and their ratio for
@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from llp_tf import propagation
-from llp_tf.tools import bench_common
+import bench_common  # scripts/bench_common.py: these scripts run as files, not installed
 
 flags.DEFINE_list("sizes", ["50000x5000", "100000x10000", "200000x20000"], "N x M sizes to measure")
 flags.DEFINE_integer("dim", 128, "D: embedding dimensions")
