@@ -1,5 +1,5 @@
 """Checkpoint files on disk: which ones a restore may take, what killed saves leave behind, and
-writes that a kill cannot leave half done. No Keras here: llp_tf/train.py saves and restores through
+writes that a kill cannot leave half done. No Keras here: llp_tf/resume.py saves and restores through
 these.
 
 A checkpoint is "whole" when its index and data read back; TensorFlow writes a new one under a

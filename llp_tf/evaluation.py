@@ -1,6 +1,7 @@
-"""Evaluation: weighted-kNN top-1 of held-out embeddings from the memory bank (Wu et al. 2018), and the
-whole evaluation of a trained run's workdir that llp-eval (tools/evaluate.py) writes: classifier top-1 /
-top-5, kNN top-1, per-class accuracy and the confusion matrix, from one pass of the network."""
+"""Evaluation of a model: weighted-kNN top-1 of held-out embeddings from the memory bank (Wu et al.
+2018), and evaluate_model's classifier top-1 / top-5, kNN top-1, per-class accuracy and confusion
+matrix from one pass of the network. Model-level only: evaluating a finished run's workdir (what
+llp-eval writes) is llp_tf/finished.py."""
 import numpy as np
 import tensorflow as tf
 
@@ -29,9 +30,8 @@ def knn_top1(state, eval_embeddings, eval_labels, num_classes, k=200, tau=0.07):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluating a trained run (llp-eval)
+# One pass of the network
 
-EVAL_SPLITS = ("test", "train")
 TOP_K = 5
 
 
@@ -95,28 +95,3 @@ def evaluate_model(model, dataset, class_names, knn_k=200, tau=0.07) -> dict:
         "confusion_matrix": matrix.tolist(),
     }
 
-
-def evaluate_workdir(workdir, checkpoint=None, split="test", knn_k=None) -> dict:
-    """Restores the run in `workdir` (its latest checkpoint, or `checkpoint`: a prefix such as
-    WORKDIR/checkpoints/ckpt-3, or a directory of checkpoints) and evaluates it on `split`.
-
-    split "test" is the held-out split (the one training reports as val_top1); "train" is every example
-    of the training split, where knn_top1 is optimistic: the labelled examples are in the bank.
-    knn_k: neighbours of knn_top1 (default: the run's eval_knn_k; 1 gives the 1-NN accuracy by which
-    the paper compares ablations). The run is rebuilt from workdir/config.json on one device in float32 (llp_tf.export.restore_model),
-    so its dataset must still be readable. Returns the dict llp-eval writes as JSON.
-    """
-    from llp_tf import data, export  # here, not at the top: llp_tf.train imports this module
-
-    if split not in EVAL_SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(EVAL_SPLITS)}")
-    config = export.load_config(workdir)  # a missing workdir or config.json fails before the rest
-    path = export.checkpoint_path(workdir, checkpoint)  # resolved once: training may save meanwhile
-    model, run = export.restore_model(workdir, path)
-    dataset = data.eval_dataset(run.source, split, config.batch_size, run.image_size)
-    if knn_k is not None and knn_k < 1:
-        raise ValueError(f"knn_k must be >= 1, got {knn_k}")
-    results = evaluate_model(model, dataset, run.source.class_names, knn_k=knn_k or config.eval_knn_k,
-                             tau=config.tau)
-    return {"workdir": workdir, "checkpoint": path, "epoch": int(model.state.completed_epochs.numpy()),
-            "split": split, "dataset": config.dataset, "method": config.method, **results}

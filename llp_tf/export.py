@@ -1,8 +1,8 @@
 """Serving export: a SavedModel with the trained backbone and heads only, preprocessing inside.
 
-    model, run = restore_model("runs/my_run")                     # latest checkpoint of the workdir
-    export_saved_model(model, "exported/my_run",
-                       (run.image_size, run.image_size, run.source.channels), run.source.class_names)
+    model, experiment = finished.restore_model("runs/my_run")     # latest checkpoint of the workdir
+    export_saved_model(model, "exported/my_run", (experiment.image_size, experiment.image_size,
+                       experiment.source.channels), experiment.source.class_names)
 
 The SavedModel holds the backbone, the embedding head and the classifier; the memory bank, the current
 labels, confidences, log-density and the optimizer stay in the training checkpoint. Signatures:
@@ -16,116 +16,19 @@ does not decode gives valid=False, probabilities and embeddings of zeros and cla
 the rest of the batch is served normally. Another dtype, rank or channel count is refused with an
 InvalidArgumentError that gives the expected dtype or shape. The class names are in
 assets/class_names.txt (line i is class i) and, from Python, `tf.saved_model.load(dir).class_names()`.
-No flags here: `tools/export.py` is the command line.
+Serving only: opening the trained run is llp_tf/finished.py. No flags here: `tools/export.py` is the
+command line.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import tempfile
 
-import keras
 import tensorflow as tf
-from absl import logging
 
-from llp_tf.checkpoints import newest_whole_checkpoint
 from llp_tf.data import preprocess_for_eval
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 CLASS_NAMES_FILE = "class_names.txt"
-
-
-# ----------------------------------------------------------------------------------------------
-# Restoring a trained model
-
-
-def load_config(workdir: str):
-    """The TrainConfig of the run in `workdir` (its config.json), for one device and this workdir."""
-    from llp_tf.config import TrainConfig
-
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir {workdir} does not exist")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of an llp-train run?")
-    with open(path) as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        logging.warning("%s: ignoring settings this version does not know: %s", path, unknown)
-    values = {key: value for key, value in values.items() if key in known}
-    if values.get("lr_drop_epochs") is not None:
-        values["lr_drop_epochs"] = tuple(values["lr_drop_epochs"])
-    # Serving needs neither replicas nor mixed precision: rebuild on one device, in float32 (the
-    # checkpoint's variables are float32 either way). The workdir may have moved since training.
-    values.update(strategy="default", cpu_replicas=0, mixed_precision=None, workdir=workdir)
-    return TrainConfig(**values)
-
-
-def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
-    """The checkpoint prefix to restore: `checkpoint` (a prefix such as DIR/checkpoints/ckpt-7, or a
-    directory, meaning its newest whole checkpoint), else the newest whole one under
-    workdir/checkpoints (a damaged newer one is skipped with a warning)."""
-    if checkpoint is None:
-        directory = os.path.join(workdir, CHECKPOINT_DIR)
-        newest = newest_whole_checkpoint(directory)
-        if newest is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}: has the run finished an epoch?")
-        return newest
-    if os.path.isdir(checkpoint):
-        newest = newest_whole_checkpoint(checkpoint)
-        if newest is None:
-            raise FileNotFoundError(f"no checkpoint in directory {checkpoint}")
-        return newest
-    if not tf.io.gfile.exists(checkpoint + ".index"):
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found (no {checkpoint}.index): give a "
-                                "prefix such as WORKDIR/checkpoints/ckpt-3")
-    return checkpoint
-
-
-def restore_model(workdir: str, checkpoint: str | None = None):
-    """(model, run): the LLPModel of the run in `workdir` with the weights and state of its latest
-    checkpoint (or of `checkpoint`); the optimizer is left unrestored. Rebuilds the Run from
-    workdir/config.json on the default strategy and in float32, so the training dataset must still be
-    readable (it gives the image size, channels, class names and the bank's size)."""
-    from llp_tf.checkpoints import check_checkpoint_shapes
-    from llp_tf.train import Run
-
-    config = load_config(workdir)
-    path = checkpoint_path(workdir, checkpoint)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # serve in float32 whatever the process set
-    try:
-        run = Run(config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    check_checkpoint_shapes(path, run.model.state)
-    # The checkpoint's object graph is root -> model / optimizer / state. Restoring through
-    # run.checkpoint would also match the optimizer, which fails for a mixed-precision run (its
-    # LossScaleOptimizer has other variables than the float32 rebuild's SGD): mirror the root without it.
-    parts = tf.Module()
-    parts.backbone = run.model.backbone
-    parts.embedding_head = run.model.embedding_head
-    parts.classifier = run.model.classifier
-    try:
-        status = tf.train.Checkpoint(model=parts, state=run.model.state).restore(path).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        message = getattr(error, "message", None) or str(error)
-        raise ValueError(f"checkpoint {path} does not fit the model built from {workdir}/{CONFIG_FILE} "
-                         f"(was the backbone code or the config changed since training?): "
-                         f"{message.strip()[:500]}") from None
-    return run.model, run
-
-
-# ----------------------------------------------------------------------------------------------
-# The SavedModel
 
 
 class ServingModule(tf.Module):

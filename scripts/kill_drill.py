@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from llp_tf.workdir import Workdir
+
 WALL_CLOCK_KEYS = ("wall_seconds",)
 # Where a paused process waits to be killed: {name: (patched function, what is on disk by then)}.
 PAUSE_POINTS = {
@@ -103,7 +105,7 @@ def checkpoint_health(workdir):
     """{prefix: (position, None) if every tensor reads back, else (None, error)} for every checkpoint
     with a file on disk, recorded or not, and the prefixes the state file records (newest last)."""
     import tensorflow as tf
-    directory = os.path.join(workdir, "checkpoints")
+    directory = Workdir(workdir).checkpoints
     health = {}
     files = glob.glob(os.path.join(directory, "ckpt-*")) + glob.glob(
         os.path.join(directory, "interrupted", "ckpt-*"))
@@ -134,8 +136,8 @@ def compare_runs(reference, workdir):
     """(differences in structure, names of values that differ) between two finished workdirs."""
     import tensorflow as tf
     problems, differing = [], []
-    ours = json.loads(read(os.path.join(workdir, "metrics.json")))
-    theirs = json.loads(read(os.path.join(reference, "metrics.json")))
+    ours = json.loads(read(Workdir(workdir).metrics))
+    theirs = json.loads(read(Workdir(reference).metrics))
     if set(ours) != set(theirs):
         problems.append(f"metrics.json keys differ: {sorted(set(ours) ^ set(theirs))}")
     for key in set(ours) & set(theirs):
@@ -143,10 +145,10 @@ def compare_runs(reference, workdir):
             problems.append(f"metrics.json {key} has {len(ours[key])} entries, not {len(theirs[key])}")
         elif key not in WALL_CLOCK_KEYS and json.dumps(ours[key]) != json.dumps(theirs[key]):
             differing.append(f"metrics.json {key}: {ours[key]} vs {theirs[key]}")
-    names = [sorted(os.listdir(os.path.join(w, "checkpoints"))) for w in (workdir, reference)]
+    names = [sorted(os.listdir(Workdir(w).checkpoints)) for w in (workdir, reference)]
     if names[0] != names[1]:  # leftovers of a kill (temp dirs, half-deleted or interrupted ones)
         problems.append(f"files in checkpoints/ differ: {names[0]} vs {names[1]}")
-    latest = [tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(w, "checkpoints")))
+    latest = [tf.train.load_checkpoint(tf.train.latest_checkpoint(Workdir(w).checkpoints))
               for w in (workdir, reference)]
     shapes = [r.get_variable_to_shape_map() for r in latest]
     dtypes = [r.get_variable_to_dtype_map() for r in latest]

@@ -14,6 +14,7 @@ import numpy as np
 from absl import app, flags
 
 from llp_tf.config import CROP_AREA_MIN
+from llp_tf.workdir import Workdir
 
 flags.DEFINE_string("match", "", "only runs whose directory name contains this regular expression")
 FLAGS = flags.FLAGS
@@ -22,14 +23,14 @@ FLAGS = flags.FLAGS
 
 def load_runs(directory):
     runs = []
-    for path in sorted(glob.glob(os.path.join(directory, "*", "metrics.json"))):
+    for path in sorted(glob.glob(os.path.join(directory, "*", Workdir.METRICS))):
         workdir = os.path.dirname(path)
         name = os.path.basename(workdir)
         if FLAGS.match and not re.search(FLAGS.match, name):
             continue
         with open(path) as f:
             metrics = json.load(f)
-        with open(os.path.join(workdir, "config.json")) as f:
+        with open(Workdir(workdir).config) as f:
             config = json.load(f)
         runs.append((name, config, metrics))
     return runs

@@ -4,6 +4,7 @@ problem before any training time is spent; or, with --on_bad_image=skip, a count
 import io
 import json
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from llp_tf import data, train
 from llp_tf.config import TrainConfig
+from llp_tf.workdir import Workdir
 from tests.conftest import TINY, run_tool
 
 SIZE = 12
@@ -143,7 +145,7 @@ def test_llp_train_skips_bad_files_and_lists_them(messy_folder, tmp_path):
                       "--epochs=1", "--instance_epochs=0", "--on_bad_image=skip")
     assert "skipping 5 files that are not usable images" in result.stderr
     listed = dict(line.split("\t") for line in
-                  (workdir / data.SKIPPED_FILES_NAME).read_text(encoding="utf-8").splitlines())
+                  pathlib.Path(Workdir(workdir).skipped_files).read_text(encoding="utf-8").splitlines())
     assert set(listed) == set(bad)
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["num_examples"] == len(CLASSES) * PER_CLASS + len(usable)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from llp_tf import data, propagation, train
+from llp_tf import data, experiment, propagation, resume, train
 from llp_tf.config import TrainConfig
 from llp_tf.tools import train as train_tool
 from tests.conftest import ROOT, TINY, run_tool, scalar_series
@@ -178,9 +178,10 @@ def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
 
     config = TrainConfig(dataset=f"npz:{tiny_npz}", workdir=str(tmp_path / "started"), width=1,
                          batch_size=32, labelled_fraction=0.1, k=5, t=10, init_from=str(supervised))
-    started, finished = train.Run(config), train.Run(dataclasses.replace(config, workdir=str(supervised)))
+    started = experiment.Experiment(config)
+    finished = experiment.Experiment(dataclasses.replace(config, workdir=str(supervised)))
     bank_before = started.model.state.bank.numpy()
-    train.init_network(started, str(supervised))
+    resume.init_network(started, str(supervised))
     finished.checkpoint.restore(tf.train.latest_checkpoint(str(supervised / "checkpoints")))
     assert len(started.model.weights) == len(finished.model.weights) > 10
     for mine, theirs in zip(started.model.weights, finished.model.weights):  # BatchNorm statistics too
@@ -208,7 +209,7 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
 
     config = TrainConfig(dataset=f"npz:{tiny_npz}", workdir=str(tmp_path), width=1, batch_size=32,
                          labelled_fraction=0.1, k=5, t=10, bank_init="random", refresh_bank=True)
-    run = train.Run(config)
+    run = experiment.Experiment(config)
     _, propagator = train.make_callbacks(run)
     propagator.set_model(run.model)
     random_bank = run.model.state.bank.numpy()
@@ -266,7 +267,7 @@ def test_llp_train_on_two_replicas_equals_one_device(method_flags, tiny_npz, tmp
 def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path):
     """--refresh_bank on two replicas: the last pass rewrote every replica's copy of the bank with the
     final network's embeddings of the unaugmented images."""
-    from llp_tf import export
+    from llp_tf import finished
 
     workdir, dump = tmp_path / "run", tmp_path / "state.npz"
     run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", *TINY, f"--workdir={workdir}",
@@ -275,7 +276,7 @@ def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path
     copies = np.load(dump)["bank"]
     assert copies.shape[0] == 2
     np.testing.assert_array_equal(copies[0], copies[1])
-    model, run = export.restore_model(str(workdir))
+    model, run = finished.restore_model(str(workdir))
     embeddings = np.zeros_like(copies[0])
     for images, _, indices in run.ordered_train_dataset():
         embeddings[indices.numpy()] = model(images, training=False)["embeddings"].numpy()
@@ -313,13 +314,13 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
 def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
     """tools/first_propagation.py: the classifier's and the embedding head's propagation accuracy on
     the unlabelled rows, against the same computed here from the restored network."""
-    from llp_tf import export
+    from llp_tf import finished
 
     output = tmp_path / "first.json"
     run_tool("llp_tf.tools.first_propagation", f"--workdir={tiny_llp_run}", "--k=5",
              f"--output_json={output}")
     results = json.loads(output.read_text())
-    model, run = export.restore_model(str(tiny_llp_run))
+    model, run = finished.restore_model(str(tiny_llp_run))
     num_rows, num_classes = model.state.num_examples, model.num_classes
     embeddings = np.zeros([num_rows, model.state.bank.shape[1]], np.float32)
     logits, labels = np.zeros([num_rows, num_classes]), np.zeros(num_rows, int)
@@ -343,13 +344,13 @@ def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
 def test_pseudo_label_confidence_table(tiny_llp_run):
     """tools/pseudo_label_confidence.py: each threshold's share of unlabelled rows and their accuracy,
     against the same counted here, row by row, from the restored state."""
-    from llp_tf import export
+    from llp_tf import finished
 
     out = run_tool("llp_tf.tools.pseudo_label_confidence", f"--workdir={tiny_llp_run}",
                    "--thresholds=0,0.5,0.9,1.01").stdout
     rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "%" in line]
     printed = {float(t): (float(share.strip(" %")), accuracy.strip(" %")) for t, share, accuracy in rows}
-    model, run = export.restore_model(str(tiny_llp_run))
+    model, run = finished.restore_model(str(tiny_llp_run))
     is_labelled, confidences, labels = (getattr(model.state, name).numpy()
                                         for name in ("is_labelled", "confidences", "labels"))
     unlabelled = [row for row in range(len(labels)) if not is_labelled[row]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import data, evaluation, export
+from llp_tf import data, evaluation, finished
 from tests.datasets import write_npz
 from tests.conftest import TINY, run_tool, scalar_series
 
@@ -84,7 +84,7 @@ def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
     run_tool("llp_tf.tools.evaluate", f"--workdir={workdir}", "--knn_k=1", f"--output={output}")
     results = json.loads(output.read_text())
     assert results["knn_k"] == 1
-    model, run = export.restore_model(workdir)
+    model, run = finished.restore_model(workdir)
     embeddings, labels = [], []
     for images, true_labels, _ in data.eval_dataset(run.source, "test", 64, run.image_size):
         embeddings.append(model(images)["embeddings"].numpy())
@@ -95,12 +95,12 @@ def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
     nearest = model.state.labels.numpy()[is_labelled][np.argmax(embeddings @ bank.T, axis=1)]
     np.testing.assert_allclose(results["knn_top1"], np.mean(nearest == labels), atol=1e-12)
     with pytest.raises(ValueError, match="knn_k must be >= 1"):
-        evaluation.evaluate_workdir(workdir, knn_k=0)
+        finished.evaluate_workdir(workdir, knn_k=0)
 
 
 def test_training_split(trained):
     npz, workdir, _, _ = trained
-    results = evaluation.evaluate_workdir(workdir, split="train")
+    results = finished.evaluate_workdir(workdir, split="train")
     matrix = np.array(results["confusion_matrix"])
     with np.load(npz) as data:
         true_counts = np.bincount(data["y_train"], minlength=NUM_CLASSES)
@@ -115,15 +115,15 @@ def test_clear_errors(trained, tmp_path):
     assert result.returncode != 0
     assert "llp-eval:" in result.stderr and "does not exist" in result.stderr
     with pytest.raises(ValueError, match="unknown split 'val'"):
-        evaluation.evaluate_workdir(workdir, split="val")
+        finished.evaluate_workdir(workdir, split="val")
     with pytest.raises(FileNotFoundError, match="ckpt-9"):
-        evaluation.evaluate_workdir(workdir, os.path.join(workdir, "checkpoints", "ckpt-9"))
+        finished.evaluate_workdir(workdir, os.path.join(workdir, "checkpoints", "ckpt-9"))
     fresh = tmp_path / "fresh"  # a run that never finished an epoch
     fresh.mkdir()
     with open(os.path.join(workdir, "config.json")) as f:
         (fresh / "config.json").write_text(f.read())
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        evaluation.evaluate_workdir(str(fresh))
+        finished.evaluate_workdir(str(fresh))
 
 
 class _StandIn(tf.Module):

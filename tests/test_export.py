@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import export
+from llp_tf import finished
 from llp_tf.data import preprocess_for_eval
 from tests.conftest import run_tool
 
@@ -29,7 +29,7 @@ def trained(tiny_npz, tiny_llp_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def keras_model(trained):
     _, workdir, _, _ = trained
-    model, run = export.restore_model(workdir)
+    model, run = finished.restore_model(workdir)
     return model, run
 
 
@@ -160,11 +160,11 @@ def test_export_holds_no_training_state(trained, keras_model):
 def test_clear_errors(trained, tmp_path):
     _, workdir, export_dir, _ = trained
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        export.restore_model(str(tmp_path / "missing"))
+        finished.restore_model(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        export.restore_model(str(tmp_path))
+        finished.restore_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="ckpt-9"):
-        export.restore_model(workdir, os.path.join(workdir, "checkpoints", "ckpt-9"))
+        finished.restore_model(workdir, os.path.join(workdir, "checkpoints", "ckpt-9"))
     # A config that builds another network than the checkpoint holds.
     other = tmp_path / "other"
     shutil.copytree(os.path.join(workdir, "checkpoints"), other / "checkpoints")
@@ -172,12 +172,12 @@ def test_clear_errors(trained, tmp_path):
         config = json.load(f)
     (other / "config.json").write_text(json.dumps({**config, "width": 2}))
     with pytest.raises(ValueError, match="does not fit"):
-        export.restore_model(str(other))
+        finished.restore_model(str(other))
     without_checkpoints = tmp_path / "fresh"
     without_checkpoints.mkdir()
     (without_checkpoints / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        export.restore_model(str(without_checkpoints))
+        finished.restore_model(str(without_checkpoints))
     # The command line refuses to write over an existing export.
     result = run_tool("llp_tf.tools.export", f"--workdir={workdir}", f"--export_dir={export_dir}",
                       check=False)

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import checkpoints, train
+from llp_tf import checkpoints, experiment, resume, train
 from llp_tf.config import TrainConfig
+from llp_tf.workdir import Workdir
 from scripts import kill_drill
 
 EPOCHS, STEPS = 3, 10  # one instance-recognition epoch, then two LLP epochs
@@ -132,87 +133,87 @@ def bank_of(path):
 
 def test_restore_skips_a_damaged_checkpoint_for_the_previous_one(tiny_npz, tmp_path, caplog):
     config = tiny_config(tiny_npz, tmp_path)
-    run = train.Run(config)
+    run = experiment.Experiment(config)
     checkpoints = tmp_path / "checkpoints"
-    train.save_checkpoint(run, None, 1)
+    resume.save_checkpoint(run, None, 1)
     run.model.state.bank.assign(-run.model.state.bank)  # ckpt-2 differs from ckpt-1
-    train.save_checkpoint(run, None, 2)
-    interrupted = train.save_checkpoint(run, None, 2, steps_in_epoch=3)
-    assert train.restore(train.Run(config)) == (2, 3)  # the interrupted one is the newest
+    resume.save_checkpoint(run, None, 2)
+    interrupted = resume.save_checkpoint(run, None, 2, steps_in_epoch=3)
+    assert resume.restore(experiment.Experiment(config)) == (2, 3)  # the interrupted one is the newest
 
     data_file = glob.glob(f"{interrupted}.data-*")[0]
     damaged = bytearray(open(data_file, "rb").read())
     damaged[len(damaged) // 2] ^= 0xFF
     open(data_file, "wb").write(bytes(damaged))
-    assert train.restore(train.Run(config)) == (2, 0)
+    assert resume.restore(experiment.Experiment(config)) == (2, 0)
     assert f"checkpoint {interrupted} does not read back whole" in caplog.text
     assert "Checksum does not match" in caplog.text
 
     data_file = glob.glob(str(checkpoints / "ckpt-2.data-*"))[0]
     open(data_file, "r+b").truncate(1000)
-    fresh = train.Run(config)
-    assert train.restore(fresh) == (1, 0)
+    fresh = experiment.Experiment(config)
+    assert resume.restore(fresh) == (1, 0)
     np.testing.assert_array_equal(fresh.model.state.bank.numpy(), bank_of(str(checkpoints / "ckpt-1")))
 
     os.remove(checkpoints / "ckpt-1.index")
-    with pytest.raises(train.TrainingFailed, match="no checkpoint in .* reads back whole"):
-        train.restore(train.Run(config))
+    with pytest.raises(resume.TrainingFailed, match="no checkpoint in .* reads back whole"):
+        resume.restore(experiment.Experiment(config))
 
 
 def test_reading_tools_take_the_newest_whole_checkpoint(tiny_npz, tmp_path, caplog):
-    """llp-eval, llp-export and --init_from (export.checkpoint_path, train.init_network) skip damaged
+    """llp-eval, llp-export and --init_from (finished.checkpoint_path, resume.init_network) skip damaged
     checkpoints for the newest one that reads back whole, and name the problem when none does."""
-    from llp_tf import export
+    from llp_tf import finished
 
     config = tiny_config(tiny_npz, tmp_path)
     (tmp_path / "config.json").write_text(config.to_json())
-    run = train.Run(config)
+    run = experiment.Experiment(config)
     checkpoints = tmp_path / "checkpoints"
-    train.save_checkpoint(run, None, 1)
+    resume.save_checkpoint(run, None, 1)
     run.model.state.bank.assign(-run.model.state.bank)
-    train.save_checkpoint(run, None, 2)
-    interrupted = train.save_checkpoint(run, None, 2, steps_in_epoch=3)
-    assert export.checkpoint_path(str(tmp_path)) == interrupted
+    resume.save_checkpoint(run, None, 2)
+    interrupted = resume.save_checkpoint(run, None, 2, steps_in_epoch=3)
+    assert finished.checkpoint_path(str(tmp_path)) == interrupted
 
     data_file = glob.glob(f"{interrupted}.data-*")[0]
     damaged = bytearray(open(data_file, "rb").read())
     damaged[len(damaged) // 2] ^= 0xFF
     open(data_file, "wb").write(bytes(damaged))
-    assert export.checkpoint_path(str(tmp_path)) == str(checkpoints / "ckpt-2")
+    assert finished.checkpoint_path(str(tmp_path)) == str(checkpoints / "ckpt-2")
     assert f"checkpoint {interrupted} does not read back whole" in caplog.text
 
     open(glob.glob(str(checkpoints / "ckpt-2.data-*"))[0], "r+b").truncate(1000)
-    assert export.checkpoint_path(str(tmp_path), str(checkpoints)) == str(checkpoints / "ckpt-1")
-    model, _ = export.restore_model(str(tmp_path))
+    assert finished.checkpoint_path(str(tmp_path), str(checkpoints)) == str(checkpoints / "ckpt-1")
+    model, _ = finished.restore_model(str(tmp_path))
     np.testing.assert_array_equal(model.state.bank.numpy(), bank_of(str(checkpoints / "ckpt-1")))
-    started = train.Run(tiny_config(tiny_npz, tmp_path / "started"))
-    assert train.init_network(started, str(tmp_path)) == str(checkpoints / "ckpt-1")
+    started = experiment.Experiment(tiny_config(tiny_npz, tmp_path / "started"))
+    assert resume.init_network(started, str(tmp_path)) == str(checkpoints / "ckpt-1")
 
     os.remove(checkpoints / "ckpt-1.index")
     with pytest.raises(ValueError, match="no checkpoint in .* reads back whole"):
-        export.checkpoint_path(str(tmp_path))
+        finished.checkpoint_path(str(tmp_path))
     with pytest.raises(ValueError, match="--init_from=.*: no checkpoint in .* reads back whole"):
-        train.init_network(train.Run(tiny_config(tiny_npz, tmp_path / "started")), str(tmp_path))
+        resume.init_network(experiment.Experiment(tiny_config(tiny_npz, tmp_path / "started")), str(tmp_path))
 
 
 def test_a_checkpoint_without_the_resume_progress_is_refused(tiny_npz, tmp_path):
     config = tiny_config(tiny_npz, tmp_path)
-    run = train.Run(config)
+    run = experiment.Experiment(config)
     older = tf.train.Checkpoint(model=run.model, optimizer=run.model.optimizer, state=run.model.state)
     tf.train.CheckpointManager(older, str(tmp_path / "checkpoints"), max_to_keep=1).save(1)
     with pytest.raises(ValueError, match="ckpt-1 was written by another version of llp_tf .*steps_in_epoch"):
-        train.restore(train.Run(config))
+        resume.restore(experiment.Experiment(config))
 
 
 def test_non_finite_state_is_never_saved(tiny_npz, tmp_path):
-    run = train.Run(tiny_config(tiny_npz, tmp_path))
-    train.save_checkpoint(run, None, 1)
+    run = experiment.Experiment(tiny_config(tiny_npz, tmp_path))
+    resume.save_checkpoint(run, None, 1)
     run.model.state.bank[0, 0].assign(float("nan"))
     kept = str(tmp_path / "checkpoints" / "ckpt-1")
-    with pytest.raises(train.TrainingFailed,
+    with pytest.raises(resume.TrainingFailed,
                        match=rf"non-finite values in bank at the end of epoch 2: not saved\. The last "
                              rf"good checkpoint, {kept} \(1 epochs done\), is kept"):
-        train.save_checkpoint(run, None, 2)
+        resume.save_checkpoint(run, None, 2)
     assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-2*"))
 
 
@@ -220,7 +221,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tin
     # Epoch 2's learning rate is 5e10: the weights, then the loss, blow up within a few steps.
     config = tiny_config(tiny_npz, tmp_path, steps_per_epoch=10, lr_drop_epochs=(1,), lr_drop_factor=1e12)
     kept = str(tmp_path / "checkpoints" / "ckpt-1")
-    with pytest.raises(train.TrainingFailed,
+    with pytest.raises(resume.TrainingFailed,
                        match=rf"the loss is (nan|inf) at step \d+ of 10 in epoch 2: training stopped, "
                              rf"nothing of this epoch was saved\. The last good checkpoint, {kept} "
                              r"\(1 epochs done\), is kept"):
@@ -266,7 +267,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_npz,
     with open(filler, "wb") as f:  # leaves half a checkpoint free
         f.write(b"\0" * (disk.f_bavail * disk.f_frsize - checkpoint_bytes // 2))
 
-    with pytest.raises(train.TrainingFailed) as failure:
+    with pytest.raises(resume.TrainingFailed) as failure:
         train.train(tiny_config(tiny_npz, workdir, epochs=2, instance_epochs=0))
     message = str(failure.value)
     assert f"writing checkpoint {checkpoints / 'ckpt-2'} at the end of epoch 2 failed" in message
@@ -284,14 +285,15 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_npz,
 def test_the_labelled_split_is_saved_checked_and_follows_its_seed(tiny_npz, tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    first = train.Run(tiny_config(tiny_npz, tmp_path / "a", split_seed=0))
-    train.check_workdir(str(tmp_path / "a"), first)
-    train.check_workdir(str(tmp_path / "a"), train.Run(tiny_config(tiny_npz, tmp_path / "a", split_seed=0)))
-    other = train.Run(tiny_config(tiny_npz, tmp_path / "b", split_seed=1))
+    first = experiment.Experiment(tiny_config(tiny_npz, tmp_path / "a", split_seed=0))
+    experiment.check_workdir(str(tmp_path / "a"), first)
+    experiment.check_workdir(str(tmp_path / "a"),
+                             experiment.Experiment(tiny_config(tiny_npz, tmp_path / "a", split_seed=0)))
+    other = experiment.Experiment(tiny_config(tiny_npz, tmp_path / "b", split_seed=1))
     with pytest.raises(ValueError, match="holds another labelled split"):
-        train.check_workdir(str(tmp_path / "a"), other)
-    train.check_workdir(str(tmp_path / "b"), other)
-    saved = [np.load(tmp_path / name / train.SPLIT_FILE) for name in ("a", "b")]
+        experiment.check_workdir(str(tmp_path / "a"), other)
+    experiment.check_workdir(str(tmp_path / "b"), other)
+    saved = [np.load(Workdir(tmp_path / name).split) for name in ("a", "b")]
     np.testing.assert_array_equal(saved[0]["is_labelled"], first.selection.is_labelled)
     assert not np.array_equal(saved[0]["rows"][saved[0]["is_labelled"]],
                               saved[1]["rows"][saved[1]["is_labelled"]])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import train
+from llp_tf import experiment, resume
 from llp_tf.config import TrainConfig
 from tests.datasets import write_npz
 from tests.conftest import ROOT
@@ -131,8 +131,8 @@ def check_restore_is_bit_exact(workdir, latest, resaved_dir):
     with open(os.path.join(workdir, "config.json")) as f:
         values = json.load(f)
     values["lr_drop_epochs"] = tuple(values["lr_drop_epochs"])
-    run = train.Run(TrainConfig(**values))
-    assert train.restore(run) == (2, 0)  # the trainer's own restore: 2 epochs done, none of the 3rd
+    run = experiment.Experiment(TrainConfig(**values))
+    assert resume.restore(run) == (2, 0)  # the trainer's own restore: 2 epochs done, none of the 3rd
     original = tf.train.load_checkpoint(latest)
     state = run.model.state
     direct = {"state/bank": state.bank, "state/labels": state.labels,

@@ -7,7 +7,7 @@ The run is rebuilt from WORKDIR/config.json (its dataset must still be readable)
 latest checkpoint, or from --checkpoint. Writes JSON (default WORKDIR/eval_<split>.json) with top1, top5
 (null under 6 classes), knn_top1 (weighted kNN from the bank's labelled rows, k = the run's
 eval_knn_k or --knn_k), per_class_accuracy, confusion_matrix (rows = true class), num_examples, checkpoint and
-epoch, and prints a summary. See llp_tf/evaluation.py.
+epoch, and prints a summary. See llp_tf/finished.py.
 """
 import json
 import os
@@ -30,11 +30,12 @@ def main(argv):
         sys.exit(f"llp-eval: unexpected arguments {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from llp_tf import evaluation  # imports TensorFlow
+    from llp_tf import finished  # imports TensorFlow
+    from llp_tf.workdir import Workdir
 
-    output = FLAGS.output or os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}.json")
+    output = FLAGS.output or Workdir(FLAGS.workdir).eval_results(FLAGS.split)
     try:
-        results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
+        results = finished.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
                                                FLAGS.knn_k)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-eval: {error}")

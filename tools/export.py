@@ -24,17 +24,18 @@ def main(argv):
         sys.exit(f"llp-export: unexpected arguments {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines about saving are noise here
-    from llp_tf import export  # imports TensorFlow
+    from llp_tf import export, finished  # imports TensorFlow
 
     try:
         export.check_export_dir(FLAGS.export_dir)  # before the slow restore
-        path = export.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # resolved (and read through) once
-        model, run = export.restore_model(FLAGS.workdir, path)
-        image_shape = (run.image_size, run.image_size, run.source.channels)
-        module = export.export_saved_model(model, FLAGS.export_dir, image_shape, run.source.class_names)
+        path = finished.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # resolved (and read through) once
+        model, experiment = finished.restore_model(FLAGS.workdir, path)
+        image_shape = (experiment.image_size, experiment.image_size, experiment.source.channels)
+        module = export.export_saved_model(model, FLAGS.export_dir, image_shape,
+                                           experiment.source.class_names)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f"llp-export: {error}")
-    class_names = run.source.class_names
+    class_names = experiment.source.class_names
     shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
     print(f"restored {path}")
     print(f"wrote SavedModel to {FLAGS.export_dir}")

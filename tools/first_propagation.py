@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def network_outputs(model, run):
+def network_outputs(model, experiment):
     """(pooled features, embeddings, class probabilities, true labels) of the kept training examples,
     unaugmented, in bank order, as NumPy arrays."""
     import tensorflow as tf
@@ -34,7 +34,7 @@ def network_outputs(model, run):
         return features, heads["embeddings"], tf.nn.softmax(heads["logits"])
 
     columns = [[], [], [], [], []]
-    for images, labels, indices in run.ordered_train_dataset():
+    for images, labels, indices in experiment.ordered_train_dataset():
         for column, value in zip(columns, [*outputs(images), labels, indices]):
             column.append(value.numpy())
     *values, indices = (np.concatenate(column) for column in columns)
@@ -48,10 +48,10 @@ def unit_rows(x):
 
 
 def accuracies(workdir, ks):
-    from llp_tf import export, propagation
+    from llp_tf import finished, propagation
 
-    model, run = export.restore_model(workdir)
-    features, embeddings, probabilities, labels = network_outputs(model, run)
+    model, experiment = finished.restore_model(workdir)
+    features, embeddings, probabilities, labels = network_outputs(model, experiment)
     is_labelled = model.state.is_labelled.numpy()
     unlabelled = ~is_labelled
     results = {"classifier": float(np.mean(probabilities.argmax(1)[unlabelled] == labels[unlabelled]))}
@@ -63,7 +63,8 @@ def accuracies(workdir, ks):
             for use_density in (True, False):
                 pseudo = propagation.propagate(
                     unit_rows(values), is_labelled, np.where(is_labelled, labels, -1),
-                    run.num_classes, k=k, t=run.config.t, tau=run.config.tau, use_density=use_density).labels
+                    experiment.num_classes, k=k, t=experiment.config.t, tau=experiment.config.tau,
+                    use_density=use_density).labels
                 name = f"{kind}, K={k}, {'LLP (density)' if use_density else 'weighted kNN'}"
                 results[name] = float(np.mean(pseudo[unlabelled] == labels[unlabelled]))
     return results

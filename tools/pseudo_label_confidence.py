@@ -35,16 +35,16 @@ def coverage_and_accuracy(labels, confidences, true_labels, thresholds):
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"pseudo_label_confidence: unexpected arguments {argv[1:]}")
-    from llp_tf import export
+    from llp_tf import finished
 
     try:
-        model, run = export.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+        model, experiment = finished.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"pseudo_label_confidence: {error}")
     state = model.state
     unlabelled = ~state.is_labelled.numpy()
     labels, confidences = state.labels.numpy()[unlabelled], state.confidences.numpy()[unlabelled]
-    true_labels = np.asarray(run.selection.labels)[unlabelled]
+    true_labels = np.asarray(experiment.selection.labels)[unlabelled]
     print(f"{FLAGS.workdir} after epoch {int(state.completed_epochs.numpy())}: {unlabelled.sum()} unlabelled, "
           f"confidence quantiles 10/25/50%: {np.round(np.quantile(confidences, [0.1, 0.25, 0.5]), 3)}")
     print("| confidence at least | share of unlabelled | pseudo-label accuracy |\n|---|---|---|")

@@ -8,7 +8,6 @@ status 1 and a message naming the checkpoint that remains.
 """
 import dataclasses
 import json
-import os
 import sys
 import typing
 
@@ -53,16 +52,18 @@ def main(argv):
     if config.cpu_replicas:
         from llp_tf import distribute
         distribute.split_cpu(config.cpu_replicas)
-    from llp_tf import train as training  # imports TensorFlow after the device split
+    from llp_tf import resume, train as training  # imports TensorFlow after the device split
+    from llp_tf.workdir import Workdir
+
     try:
         metrics = training.train(config)
-    except training.TrainingInterrupted as stop:  # SIGTERM / SIGINT, after a checkpoint
+    except resume.TrainingInterrupted as stop:  # SIGTERM / SIGINT, after a checkpoint
         print(f"llp-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_status)
-    except (ValueError, FileNotFoundError, training.TrainingFailed) as error:
+    except (ValueError, FileNotFoundError, resume.TrainingFailed) as error:
         sys.exit(f"llp-train: {error}")
     print(json.dumps(metrics, indent=2))
-    print(f"metrics written to {os.path.join(config.workdir, 'metrics.json')}")
+    print(f"metrics written to {Workdir(config.workdir).metrics}")
 
 
 def run():

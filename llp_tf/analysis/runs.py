@@ -2,7 +2,7 @@
 (RunState, load_run_state), its aggregation scalars from TensorBoard (aggregation_curve), and the checks
 that two runs can be compared class by class.
 
-The bank is read from the workdir's latest checkpoint through export.restore_model (the training data
+The bank is read from the workdir's latest checkpoint through finished.restore_model (the training data
 must still be readable: it gives the true labels and class names).
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import export
+from llp_tf import finished
+from llp_tf.workdir import Workdir
 
 AGGREGATION_TAGS = ("aggregation/norm_mean", "aggregation/norm_mean_labelled")
 EPOCH_TAG = "epoch"
@@ -57,7 +58,7 @@ def aggregation_curve(workdir: str):
     """(epochs int [E], norm_mean [E], norm_mean_labelled [E]) from workdir/tensorboard: the
     aggregation scalars of each completed epoch (steps mapped to epochs with the `epoch` scalar written
     at the same step), in epoch order; NaN where the labelled-only value is missing."""
-    logdir = os.path.join(workdir, "tensorboard")
+    logdir = Workdir(workdir).tensorboard
     if not os.path.isdir(logdir):
         raise FileNotFoundError(f"{logdir} not found: is {workdir} the --workdir of an llp-train run?")
     scalars = read_scalars(logdir, (EPOCH_TAG,) + AGGREGATION_TAGS)
@@ -109,8 +110,8 @@ class RunState:
 def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
     """The final bank and split of the run in `workdir` (its latest checkpoint, or `checkpoint`)."""
     workdir = str(workdir)
-    checkpoint = export.checkpoint_path(workdir, checkpoint)  # resolved (and read through) once
-    model, run = export.restore_model(workdir, checkpoint)
+    checkpoint = finished.checkpoint_path(workdir, checkpoint)  # resolved (and read through) once
+    model, run = finished.restore_model(workdir, checkpoint)
     state = model.state
     config = run.config
     return RunState(
@@ -143,7 +144,7 @@ def check_split_files(workdir, compare_workdir):
     """The same check as check_comparable from the workdirs' split.npz alone, before any restore."""
     splits = []
     for directory in (workdir, compare_workdir):
-        path = os.path.join(directory, "split.npz")
+        path = Workdir(directory).split
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: is {directory} the --workdir of an llp-train run?")
         with np.load(path) as split:

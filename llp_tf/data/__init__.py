@@ -16,16 +16,16 @@ training example is identified by its row in the source; `train_dataset` yields 
 """
 from llp_tf.data.arrays import ArraySource, load_idx_source, load_npz_source, read_idx
 from llp_tf.data.base import SPLITS, ListedSource, Source
-from llp_tf.data.folders import IMAGE_EXTENSIONS, SKIPPED_FILES_NAME, FolderSource, write_skipped_files
+from llp_tf.data.folders import IMAGE_EXTENSIONS, FolderSource
 from llp_tf.data.pipelines import eval_dataset, preprocess_for_eval, train_dataset
 from llp_tf.data.sources import load_source
 from llp_tf.data.split import Selection, select_examples
 from llp_tf.data.tfds_source import TfdsSource
 
 __all__ = [
-    "SPLITS", "IMAGE_EXTENSIONS", "SKIPPED_FILES_NAME",
+    "SPLITS", "IMAGE_EXTENSIONS",
     "Source", "ListedSource", "ArraySource", "FolderSource", "TfdsSource",
-    "load_source", "load_idx_source", "load_npz_source", "read_idx", "write_skipped_files",
+    "load_source", "load_idx_source", "load_npz_source", "read_idx",
     "Selection", "select_examples",
     "train_dataset", "eval_dataset", "preprocess_for_eval",
 ]

@@ -14,7 +14,6 @@ from llp_tf.config import BAD_IMAGE_POLICIES
 from llp_tf.data.base import AUTOTUNE, ListedSource
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what tf.io.decode_image reads
-SKIPPED_FILES_NAME = "skipped_images.txt"
 _BAD_FILES_SHOWN = 20  # in an error or warning; the skipped-files list has them all
 
 
@@ -179,11 +178,3 @@ def _check_no_empty_class(split_dir: str, class_names: list[str], listed_labels,
         name = class_names[label]
         skipped = f" (all {listed[label]} of its files were skipped)" if listed[label] else ""
         raise ValueError(f"{os.path.join(split_dir, name)}: class {name!r} has no images{skipped}")
-
-
-def write_skipped_files(skipped_files, directory: str):
-    """Writes directory/skipped_images.txt: one line `path<TAB>why` per file of source.skipped_files."""
-    path = os.path.join(directory, SKIPPED_FILES_NAME)
-    with open(path, "w", encoding="utf-8") as file:
-        file.writelines(f"{skipped}\t{why}\n" for skipped, why in skipped_files)
-    logging.warning("the %d skipped files are listed in %s", len(skipped_files), path)

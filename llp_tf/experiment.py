@@ -1,0 +1,150 @@
+"""The experiment one training job builds from a TrainConfig: strategy, data, labelled split, model
+and its state, and the datasets the phase loop and the propagation read (Model Garden's Task).
+
+An Experiment knows nothing of resuming or of the phase loop: llp_tf/resume.py saves and restores its
+checkpoint, llp_tf/train.py runs the phases. `check_workdir` records (first run) or checks (rerun) the
+facts of the workdir the job writes into. No flags here.
+"""
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from llp_tf import backbones, data, distribute, propagation
+from llp_tf.checkpoints import replace_atomically
+from llp_tf.config import TrainConfig
+from llp_tf.model import LLPModel, LLPState
+from llp_tf.resume import Progress
+from llp_tf.workdir import Workdir
+
+
+class Experiment:
+    """Everything one job builds: strategy, data and labelled split, model with its state, and the
+    checkpoint of model, optimizer, state and progress."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.workdir = Workdir(config.workdir)
+        self.strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
+        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image)
+        self.selection = data.select_examples(
+            self.source.labels("train"), config.labelled_fraction, config.kept_fraction,
+            seed=config.split_seed, class_names=self.source.class_names)
+        self.image_size = config.image_size or _native_size(self.source)
+        self.num_classes = self.source.num_classes
+        self.steps_per_epoch = config.steps_per_epoch or len(self.selection.rows) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(self.selection.rows)} examples make no batch of {config.batch_size}")
+        if config.method != "supervised":
+            propagation.check_propagation_sizes(
+                len(self.selection.rows), int(self.selection.is_labelled.sum()),
+                config.k, config.t, config.tau)
+        self.progress = Progress()
+        self.restored_history = []  # the progress's pseudo-label accuracies at restore
+        self._embed_for_bank = None  # fill_bank's traced function
+        with self.strategy.scope():
+            self.model = self._build_model()
+            self.checkpoint = tf.train.Checkpoint(
+                model=self.model, optimizer=self.model.optimizer, state=self.model.state,
+                progress=self.progress)
+        self.manager = distribute.checkpoint_manager(
+            self.checkpoint, self.workdir.checkpoints, self.strategy, max_to_keep=config.keep_checkpoints)
+
+    def _build_model(self):
+        config = self.config
+        input_shape = (self.image_size, self.image_size, self.source.channels)
+        backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
+        state = LLPState(self.selection.is_labelled, self.selection.labels, config.embedding_dim,
+                         seed=config.seed)
+        model = LLPModel(backbone, self.num_classes, state, tau=config.tau,
+                         bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
+                         use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
+                         warmup_category_loss=config.warmup_category_loss,
+                         confidence_threshold=config.confidence_threshold)
+        model.compile(optimizer=keras.optimizers.SGD(self._learning_rate(), momentum=config.momentum),
+                      jit_compile=config.jit_compile)
+        model(tf.zeros((1,) + input_shape))
+        model.optimizer.build(model.trainable_variables)  # slots exist before a restore
+        return model
+
+    def _learning_rate(self):
+        config = self.config
+        if not config.lr_drop_epochs:
+            return config.learning_rate
+        boundaries = [int(e) * self.steps_per_epoch for e in config.lr_drop_epochs]
+        values = [config.learning_rate * config.lr_drop_factor ** i for i in range(len(boundaries) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+    def train_dataset(self, epoch, skip_steps=0):
+        """The batches of one epoch from step skip_steps on. Their shuffle and augmentations depend
+        on (seed, epoch) alone, so a resumed run trains on the batches an uninterrupted one would."""
+        config = self.config
+        seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+        return distribute.shard_by_data(data.train_dataset(
+            self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
+            seed=seed, labelled_only=config.method == "supervised",
+            labelled_per_batch=config.labelled_per_batch,
+            crop_area_min=config.crop_area_min).skip(skip_steps))
+
+    def eval_dataset(self, split="test"):
+        return distribute.shard_by_data(
+            data.eval_dataset(self.source, split, self.config.batch_size, self.image_size))
+
+    def ordered_train_dataset(self):
+        """The kept training examples in bank order, unaugmented (to fill the bank)."""
+        size = self.image_size
+        examples = self.source.examples("train", self.selection.rows)
+        return examples.map(
+            lambda image, label, index: (data.preprocess_for_eval(image[None], size)[0], label, index),
+            num_parallel_calls=tf.data.AUTOTUNE).batch(self.config.batch_size).prefetch(2)
+
+    def fill_bank(self):
+        """Bank rows <- the network's own embeddings of the unaugmented images (bank_init=network, and
+        before each propagation with refresh_bank)."""
+        if self._embed_for_bank is None:  # traced once per experiment, not once per fill
+            self._embed_for_bank = tf.function(
+                lambda images: self.model(images, training=False)["embeddings"])
+        for images, _, indices in self.ordered_train_dataset():
+            self.model.state.bank.scatter_update(tf.IndexedSlices(self._embed_for_bank(images), indices))
+
+
+def _native_size(source):
+    if source.image_shape is None:
+        raise ValueError("the images of this dataset differ in size: give --image_size")
+    height, width, _ = source.image_shape
+    if height != width:
+        raise ValueError(f"images are {height}x{width}: give --image_size for square crops")
+    return height
+
+
+def check_workdir(workdir, experiment: Experiment):
+    """Records the experiment's shape and labelled split on the first run; on a rerun, refuses a
+    workdir made for another dataset size, class count, embedding size or split, saying which."""
+    files = Workdir(workdir)
+    selection = experiment.selection
+    facts = {"dataset": experiment.config.dataset, "num_examples": int(len(selection.rows)),
+             "num_classes": int(experiment.num_classes),
+             "embedding_dim": int(experiment.config.embedding_dim)}
+    if experiment.source.skipped_files:
+        files.write_skipped_files(experiment.source.skipped_files)
+    if not os.path.exists(files.facts):  # written last: its presence means both are whole
+        replace_atomically(files.split, lambda f: np.savez(
+            f, rows=selection.rows, is_labelled=selection.is_labelled))
+        files.write_json(files.facts, facts)
+        return
+    with open(files.facts) as f:
+        saved = json.load(f)
+    for key in ("num_examples", "num_classes", "embedding_dim"):
+        if saved[key] != facts[key]:
+            raise ValueError(f"{workdir} was made for {key} = {saved[key]} ({saved['dataset']}), this run "
+                             f"has {key} = {facts[key]}: use another --workdir")
+    split = np.load(files.split)
+    if not (np.array_equal(split["rows"], selection.rows)
+            and np.array_equal(split["is_labelled"], selection.is_labelled)):
+        raise ValueError(f"{workdir} holds another labelled split (other --split_seed, fractions or "
+                         "data): use another --workdir")
