@@ -5,6 +5,10 @@ Follows the authors' code (LocalLabelProp, model/resnet_th_preprocessing.py): ra
 saturation, hue in a random order) and a horizontal flip. Brightness, contrast and saturation are
 multiplicative blends as in the authors' code (and torchvision), not TF's additive brightness.
 
+Each part but the crop can be switched off alone (`augment_image`'s flip, jitter, grayscale): a
+horizontal flip turns some digits and letters into others, and colour changes can erase what a
+medical image's class depends on; README.md says which to turn off for which data.
+
 Every random draw comes from a stateless op keyed by the per-example `seed`, so the result is a pure
 function of (image, seed): parallel tf.data maps stay deterministic, and the caller decides how seeds
 change between epochs.
@@ -26,9 +30,12 @@ _CROP, _GRAY, _ORDER, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE, _FLIP = range(8
 _NUM_SUB_SEEDS = 8
 
 
-def augment_image(image, seed, image_size: int, crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.Tensor:
+def augment_image(image, seed, image_size: int, crop_area_min: float = CROP_AREA_RANGE[0],
+                  flip: bool = True, jitter: bool = True, grayscale: bool = True) -> tf.Tensor:
     """Augments one image [H, W, C] (C = 1 or 3; uint8, or float in [0, 1]) with a stateless seed [2];
-    the crop keeps crop_area_min to all of the image's area.
+    the crop keeps crop_area_min to all of the image's area. flip, jitter and grayscale (all on in the
+    paper) switch their part off alone: each part draws from its own sub-seed, so turning one off
+    leaves every other part's draw as it was.
 
     Returns float32 [image_size, image_size, C] in [0, 1].
     """
@@ -39,10 +46,12 @@ def augment_image(image, seed, image_size: int, crop_area_min: float = CROP_AREA
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=_NUM_SUB_SEEDS)
 
     image = random_resized_crop(image, seeds[_CROP], image_size, crop_area_min)
-    if channels == 3:
+    if channels == 3 and grayscale:
         image = random_grayscale(image, seeds[_GRAY])
-    image = color_jitter(image, seeds)
-    image = random_flip(image, seeds[_FLIP])
+    if jitter:
+        image = color_jitter(image, seeds)
+    if flip:
+        image = random_flip(image, seeds[_FLIP])
     return tf.clip_by_value(image, 0.0, 1.0)
 
 

@@ -3,6 +3,8 @@ import dataclasses
 import json
 
 METHODS = ("llp", "supervised", "two_stage")
+WARMUPS = ("instance", "supervised")
+DEFAULT_WARMUP_EPOCHS = 2
 # Propagation block sizes (query rows x key rows), the fastest measured on CPU (BUILD.md). Here, not in
 # propagation.py, so that the command lines can show them in --help without importing TensorFlow.
 PROPAGATION_QUERY_ROWS = 512
@@ -11,9 +13,10 @@ CROP_AREA_MIN = 0.2  # the paper's random resized crop keeps 20-100 % of the ima
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
-def setting(default, help_text):
-    """A config field with its command-line help (tools/train.py makes one absl flag per field)."""
-    return dataclasses.field(default=default, metadata={"help": help_text})
+def setting(default, help_text, item=int):
+    """A config field with its command-line help (tools/train.py makes one absl flag per field);
+    item: the type of a tuple field's elements."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "item": item})
 
 
 @dataclasses.dataclass
@@ -38,12 +41,23 @@ class TrainConfig:
         False, "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism): two runs "
         "with the same seeds give identical metrics; slower on GPUs")
     batch_size: int = setting(128, "global batch, split across replicas")
-    epochs: int = setting(10, "total epochs, instance-recognition epochs included")
-    instance_epochs: int = setting(2, "instance-recognition warm-up epochs before the first propagation")
+    epochs: int = setting(10, "total epochs, warm-up epochs included")
+    warmup: str = setting(
+        "instance", "what trains before the first propagation: instance (instance recognition, the "
+        "paper) | supervised (the classifier on the labelled examples alone; a departure)")
+    warmup_epochs: int | None = setting(
+        None, f"epochs of the warm-up before the first propagation (default {DEFAULT_WARMUP_EPOCHS}; "
+        "paper: 10 epochs of instance recognition)")
+    instance_epochs: int | None = setting(
+        None, "same as --warmup=instance --warmup_epochs=N (the earlier name, still accepted)")
     steps_per_epoch: int | None = setting(None, "default: kept examples // batch size (supervised too)")
     learning_rate: float = setting(0.03, "SGD learning rate (paper: 0.03)")
     lr_drop_epochs: tuple = setting((), "epochs at which the learning rate is multiplied by lr_drop_factor")
     lr_drop_factor: float = setting(0.1, "factor applied at each of lr_drop_epochs")
+    lr_values: tuple = setting(
+        (), "the learning rate of each piece of the schedule, one more than lr_drop_epochs (e.g. "
+        "0.1,0.03 with --lr_drop_epochs=12: a warm-up at 0.1, then 0.03); overrides --learning_rate "
+        "and --lr_drop_factor; empty: learning_rate x lr_drop_factor^i (paper)", item=float)
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(1e-4, "lambda of the L2 penalty lambda * ||theta||^2")
     embedding_dim: int = setting(128, "D: size of the L2-normalised embedding and of the bank rows")
@@ -58,6 +72,15 @@ class TrainConfig:
     use_confidence: bool = setting(True, "weight each example's loss by its confidence")
     use_category_loss: bool = setting(True, "train the classifier head on the (pseudo-)labels")
     augment: bool = setting(True, "random resized crop, grayscale, colour jitter and flip (paper)")
+    random_flip: bool = setting(
+        True, "with --augment, mirror left-right half of the time (paper: on; turn off for digits, "
+        "text, or anything whose class changes when mirrored)")
+    color_jitter: bool = setting(
+        True, "with --augment, jitter brightness, contrast, saturation and hue by 0.4 (paper: on; "
+        "turn off where intensity carries the class, e.g. some medical images)")
+    random_grayscale: bool = setting(
+        True, "with --augment, RGB images to grayscale a fifth of the time (paper: on; turn off "
+        "where colour carries the class)")
     crop_area_min: float = setting(
         CROP_AREA_MIN, "smallest share of the image area the random resized crop keeps (paper: 0.2; "
         "other values are a departure)")
@@ -108,11 +131,26 @@ class TrainConfig:
             raise ValueError(f"--crop_area_min must be in (0, 1], got {self.crop_area_min}")
         if self.tau <= 0:
             raise ValueError(f"--tau must be positive, got {self.tau}")
-        if self.epochs < 1 or self.instance_epochs < 0:
-            raise ValueError("--epochs must be >= 1 and --instance_epochs >= 0")
-        if self.method != "supervised" and self.instance_epochs >= self.epochs:
-            raise ValueError(f"--instance_epochs={self.instance_epochs} leaves no LLP epoch of "
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.warmup not in WARMUPS:
+            raise ValueError(f"--warmup must be one of {WARMUPS}, got {self.warmup!r}")
+        for name in ("warmup_epochs", "instance_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.instance_epochs is not None:
+            if self.warmup != "instance":
+                raise ValueError(f"--instance_epochs={self.instance_epochs} means --warmup=instance, "
+                                 f"but --warmup={self.warmup}: give --warmup_epochs instead")
+            if self.warmup_epochs is not None and self.warmup_epochs != self.instance_epochs:
+                raise ValueError(f"--instance_epochs={self.instance_epochs} and --warmup_epochs="
+                                 f"{self.warmup_epochs} disagree: give one of them")
+        warmup_epochs = self.resolved_warmup_epochs()
+        if self.method != "supervised" and warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup_epochs={warmup_epochs} leaves no LLP epoch of "
                              f"--epochs={self.epochs}")
+        self._validate_numbers()
+        self.learning_rates()  # checks the schedule
         if self.k < 1 or self.t < 1:
             raise ValueError("--k and --t must be >= 1")
         if self.labelled_per_batch < 0 or self.labelled_per_batch >= self.batch_size:
@@ -128,6 +166,64 @@ class TrainConfig:
                              "limitation); use it on GPUs or on one CPU")
         if self.bank_init not in ("network", "random"):
             raise ValueError(f"--bank_init must be network or random, got {self.bank_init!r}")
+
+    def _validate_numbers(self):
+        """Each number on its own: one line naming the flag, the value and what it must be."""
+        checks = [
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("image_size", self.image_size is None or self.image_size >= 1,
+             "must be a positive number of pixels", "leave it out for the dataset's own size"),
+            ("width", self.width is None or self.width >= 1, "must be >= 1"),
+            ("steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             "must be >= 1", "leave it out for kept examples // batch size"),
+            ("learning_rate", self.learning_rate > 0, "must be positive"),
+            ("lr_drop_factor", self.lr_drop_factor > 0, "must be positive"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("embedding_dim", self.embedding_dim >= 1, "must be >= 1"),
+            ("bank_momentum", 0 <= self.bank_momentum < 1, "must be in [0, 1)"),
+            ("eval_knn_k", self.eval_knn_k >= 1, "must be >= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
+            ("propagation_query_rows", self.propagation_query_rows >= 1, "must be >= 1"),
+            ("propagation_key_rows", self.propagation_key_rows >= 1, "must be >= 1"),
+        ]
+        for name, ok, rule, *hint in checks:
+            if not ok:
+                raise ValueError(f"--{name} {rule}, got {getattr(self, name)}"
+                                 + "".join(f" ({h})" for h in hint))
+
+    def resolved_warmup_epochs(self) -> int:
+        """The warm-up's length: --warmup_epochs, else --instance_epochs, else the default."""
+        for value in (self.warmup_epochs, self.instance_epochs):
+            if value is not None:
+                return value
+        return DEFAULT_WARMUP_EPOCHS
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the warm-up spelled out: warmup_epochs set, and instance_epochs the epochs of
+        instance recognition (0 with a supervised warm-up or --method=supervised)."""
+        self.validate()
+        warmup_epochs = self.resolved_warmup_epochs()
+        instance = warmup_epochs if self.warmup == "instance" and self.method != "supervised" else 0
+        return dataclasses.replace(self, warmup_epochs=warmup_epochs, instance_epochs=instance)
+
+    def learning_rates(self):
+        """The schedule as (drop epochs, values): values[i] holds from drop epoch i - 1 (or 0) to drop
+        epoch i, for the whole run (warm-up included, so --method=supervised with the same flags
+        trains on the same schedule)."""
+        drops = [int(e) for e in self.lr_drop_epochs]
+        if any(b <= a for a, b in zip(drops, drops[1:])) or any(not 0 < e < self.epochs for e in drops):
+            raise ValueError(f"--lr_drop_epochs must increase and lie within (0, --epochs={self.epochs}), "
+                             f"got {','.join(map(str, drops))}")
+        if not self.lr_values:
+            return drops, [self.learning_rate * self.lr_drop_factor ** i for i in range(len(drops) + 1)]
+        values = [float(v) for v in self.lr_values]
+        if len(values) != len(drops) + 1:
+            raise ValueError(f"--lr_values needs one more value than --lr_drop_epochs ({len(drops)}), "
+                             f"got {len(values)}")
+        if any(v <= 0 for v in values):
+            raise ValueError(f"--lr_values must all be positive, got {','.join(map(str, values))}")
+        return drops, values
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -131,6 +131,19 @@ class LLPModel(keras.Model):
                                 self.use_confidence, self.use_category_loss)
         return total, aggregation, category
 
+    def phase_variables(self):
+        """The variables this phase trains: a head no loss of the phase reaches is left out (the
+        classifier during instance recognition, the embedding head in supervised training), rather
+        than updated by its weight penalty alone."""
+        if self._phase == "instance" and not self.warmup_category_loss:
+            frozen = self.classifier
+        elif self._phase == "supervised":
+            frozen = self.embedding_head
+        else:
+            return self.trainable_variables
+        left_out = {id(v) for v in frozen.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in left_out]
+
     def target_labels(self, true_labels, indices):
         """The labels the classifier is trained towards in this phase (for the train accuracy)."""
         if self._phase == "llp":
@@ -150,8 +163,9 @@ class LLPModel(keras.Model):
             weight_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
             loss = data_loss + weight_loss
             scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        variables = self.phase_variables()
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
         # After the gradients, the step's last use of `bank`: the update then finds the bank's buffer
         # unshared and writes it in place instead of copying it first (bank_lib.read_whole).
         with tf.control_dependencies([g for g in gradients if g is not None]):

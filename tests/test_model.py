@@ -1,5 +1,7 @@
 """LLPModel's train step against a float64 reference, and the 2-replica MirroredStrategy path against
 a single device fed the same global batches."""
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +147,26 @@ def test_two_replicas_equal_one_device(phase, mirrored_strategy):
             copies = [v.numpy() for v in b.value.values]
             np.testing.assert_allclose(copies[0], copies[1], atol=1e-6, err_msg=b.path)
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=a.path)
+
+
+@pytest.mark.parametrize("phase, frozen, trained", [("instance", "classifier", "embedding_head"),
+                                                    ("supervised", "embedding_head", "classifier"),
+                                                    ("llp", None, "classifier")])
+def test_a_head_no_loss_of_the_phase_reaches_is_not_trained(phase, frozen, trained, caplog):
+    """Instance recognition leaves the classifier as it was, supervised training the embedding head
+    (no update from the weight penalty alone, and no Keras "Gradients do not exist" warning); the
+    other head and LLP's both heads do move."""
+    model, _ = make_model(learning_rate=0.1)
+    model.phase = phase
+    before = {name: [v.numpy().copy() for v in getattr(model, name).trainable_variables]
+              for name in ("classifier", "embedding_head")}
+    with caplog.at_level("WARNING"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(batches(steps=2), epochs=1, verbose=0)
+    said = caplog.text + " ".join(str(w.message) for w in caught)
+    assert "Gradients do not exist" not in said
+    for name, values in before.items():
+        after = [v.numpy() for v in getattr(model, name).trainable_variables]
+        unchanged = all(np.array_equal(a, b) for a, b in zip(values, after))
+        assert unchanged == (name == frozen), name
+    assert trained != frozen
