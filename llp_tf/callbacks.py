@@ -17,14 +17,16 @@ class PropagationCallback(keras.callbacks.Callback):
     hidden_labels (the true labels of every bank row, where known) only feed diagnostics: the
     pseudo-label accuracy on the unlabelled pool. They never reach the propagation.
     refresh_bank (a departure from the paper), when given, is called before each pass to rewrite the
-    bank from the network's embeddings of the unaugmented images.
+    bank from the network's embeddings of the unaugmented images; fill_bank_at_switch the same, before
+    the switch's pass only (after a supervised warm-up).
     """
 
     def __init__(self, num_classes, k=10, t=25, tau=0.07, use_density=True, include_self=False,
                  chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0, repeat=True,
-                 refresh_bank=None):
+                 refresh_bank=None, fill_bank_at_switch=None):
         super().__init__()
         self.refresh_bank = refresh_bank
+        self.fill_bank_at_switch = fill_bank_at_switch
         self.first_epoch = first_epoch
         self.repeat = repeat  # False: the two-stage baseline, which propagates once at the switch
         self.num_classes = num_classes
@@ -68,9 +70,25 @@ class PropagationCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 < self.first_epoch or (not self.repeat and epoch + 1 > self.first_epoch):
             return
+        if epoch + 1 == self.first_epoch and self.fill_bank_at_switch is not None:
+            self.fill_bank_at_switch()
         stats = self.propagate()
         if logs is not None:
             logs.update(stats)
+
+
+class RecordAtEpochEnd(keras.callbacks.Callback):
+    """Assigns logs[key] at the end of epoch number `epoch` (counted from 1) to `variable`, e.g. the
+    classifier's test top-1 at the end of the warm-up into a checkpointed variable; epoch None or 0:
+    never."""
+
+    def __init__(self, variable, key, epoch):
+        super().__init__()
+        self.variable, self.key, self.epoch = variable, key, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.epoch and epoch + 1 == self.epoch and logs and self.key in logs:
+            self.variable.assign(float(logs[self.key]))
 
 
 def pseudo_label_accuracy(labels, hidden_labels, is_labelled):

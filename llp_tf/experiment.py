@@ -73,23 +73,26 @@ class Experiment:
         return model
 
     def _learning_rate(self):
-        config = self.config
-        if not config.lr_drop_epochs:
-            return config.learning_rate
-        boundaries = [int(e) * self.steps_per_epoch for e in config.lr_drop_epochs]
-        values = [config.learning_rate * config.lr_drop_factor ** i for i in range(len(boundaries) + 1)]
+        drop_epochs, values = self.config.learning_rates()
+        if not drop_epochs:
+            return values[0]
+        boundaries = [epoch * self.steps_per_epoch for epoch in drop_epochs]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
-    def train_dataset(self, epoch, skip_steps=0):
+    def train_dataset(self, epoch, skip_steps=0, labelled_only=None):
         """The batches of one epoch from step skip_steps on. Their shuffle and augmentations depend
-        on (seed, epoch) alone, so a resumed run trains on the batches an uninterrupted one would."""
+        on (seed, epoch) alone, so a resumed run trains on the batches an uninterrupted one would.
+        labelled_only (default: --method=supervised): the labelled examples alone, cycled (supervised
+        training and the supervised warm-up)."""
         config = self.config
         seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
         return distribute.shard_by_data(data.train_dataset(
             self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
-            seed=seed, labelled_only=config.method == "supervised",
-            labelled_per_batch=config.labelled_per_batch,
-            crop_area_min=config.crop_area_min).skip(skip_steps))
+            seed=seed,
+            labelled_only=config.method == "supervised" if labelled_only is None else labelled_only,
+            labelled_per_batch=config.labelled_per_batch, crop_area_min=config.crop_area_min,
+            random_flip=config.random_flip, color_jitter=config.color_jitter,
+            random_grayscale=config.random_grayscale).skip(skip_steps))
 
     def eval_dataset(self, split="test"):
         return distribute.shard_by_data(

@@ -42,7 +42,8 @@ class TrainingFailed(RuntimeError):
 
 class Progress(tf.Module):
     """Checkpointed beside the model and LLPState: the steps done in a stopped epoch (0 at epoch
-    ends) and every propagation's pseudo-label accuracy so far (a resumed run reports them all)."""
+    ends), every propagation's pseudo-label accuracy so far (a resumed run reports them all) and the
+    classifier's test top-1 at the end of the warm-up (NaN until then)."""
 
     def __init__(self):
         super().__init__(name="progress")
@@ -50,6 +51,7 @@ class Progress(tf.Module):
         self.pseudo_label_accuracy_history = tf.Variable(
             np.zeros([0], np.float64), shape=tf.TensorShape([None]), trainable=False,
             name="pseudo_label_accuracy_history")
+        self.warmup_val_top1 = tf.Variable(np.float64("nan"), trainable=False, name="warmup_val_top1")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Runs one training job from a TrainConfig: the phase plan, the callbacks, the fit loop, the final
 metrics.
 
-The phases (METHOD.md): instance recognition for `instance_epochs`, one propagation at the switch, then
-LLP with a propagation at every epoch end (method two_stage: no propagation after the switch, the
-pseudo-labels stay fixed). A rerun with the same workdir resumes from its latest checkpoint
+The phases (METHOD.md): a warm-up of `warmup_epochs` (instance recognition, the paper's; or, a
+departure, supervised training on the labelled examples alone, after which the bank is refilled from
+that network), one propagation at the switch, then LLP with a propagation at every epoch end (method
+two_stage: no propagation after the switch, the pseudo-labels stay fixed). --method=supervised trains
+every epoch on the labelled examples alone: the baseline, on the same schedule. A rerun with the same workdir resumes from its latest checkpoint
 (llp_tf/resume.py, which also holds the faults: signals, non-finite losses, failed writes). Every
 epoch's batches come from (seed, epoch) alone, so a resumed run trains on the batches an
 uninterrupted one would. What the job builds is llp_tf/experiment.py. No flags here:
@@ -17,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from llp_tf import distribute, evaluation, propagation
-from llp_tf.callbacks import KnnCallback, PropagationCallback, SummaryCallback, pseudo_label_accuracy
+from llp_tf.callbacks import (KnnCallback, PropagationCallback, RecordAtEpochEnd, SummaryCallback,
+                              pseudo_label_accuracy)
 from llp_tf.config import TrainConfig
 from llp_tf.experiment import Experiment, check_workdir
 from llp_tf.resume import (CheckpointCallback, GuardCallback, StopRequest, propagation_history, restore,
@@ -26,7 +29,7 @@ from llp_tf.resume import (CheckpointCallback, GuardCallback, StopRequest, propa
 
 def train(config: TrainConfig) -> dict:
     """Trains (or resumes) the job in config.workdir and returns the final metrics."""
-    config.validate()
+    config = config.resolved()
     started = time.time()
     configure_process(config)
     experiment = Experiment(config)
@@ -45,8 +48,9 @@ def train(config: TrainConfig) -> dict:
             experiment.model.phase = phase
             for epoch in range(first, last):
                 skip = resume_at[1] if epoch == resume_at[0] else 0
+                batches = experiment.train_dataset(epoch, skip, labelled_only=phase == "supervised")
                 experiment.model.fit(
-                    experiment.train_dataset(epoch, skip), initial_epoch=epoch, epochs=config.epochs,
+                    batches, initial_epoch=epoch, epochs=config.epochs,
                     steps_per_epoch=experiment.steps_per_epoch - skip, validation_data=validation,
                     callbacks=callbacks, verbose=config.verbose, shuffle=False)
     metrics = final_metrics(experiment, propagator)
@@ -82,10 +86,15 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
             experiment.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
             include_self=config.density_include_self,
             chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
-            hidden_labels=experiment.selection.labels, first_epoch=config.instance_epochs,
+            hidden_labels=experiment.selection.labels, first_epoch=config.warmup_epochs,
             repeat=config.method == "llp",
-            refresh_bank=experiment.fill_bank if config.refresh_bank else None)
+            refresh_bank=experiment.fill_bank if config.refresh_bank else None,
+            # After a supervised warm-up the bank holds only the labelled rows' embeddings: refill it
+            # from the network before the first propagation.
+            fill_bank_at_switch=experiment.fill_bank if config.warmup == "supervised" else None)
     callbacks = [KnnCallback(experiment.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
+                 RecordAtEpochEnd(experiment.progress.warmup_val_top1, "val_top1",
+                                  config.warmup_epochs if config.method != "supervised" else None),
                  CheckpointCallback(experiment, propagator)]
     if distribute.is_chief(experiment.strategy):
         callbacks.append(SummaryCallback(experiment.workdir.tensorboard, experiment.num_classes,
@@ -99,7 +108,8 @@ def phase_plan(config, start_epoch):
     if config.method == "supervised":
         spans = [("supervised", 0, config.epochs)]
     else:
-        spans = [("instance", 0, config.instance_epochs), ("llp", config.instance_epochs, config.epochs)]
+        warmup = "instance" if config.warmup == "instance" else "supervised"
+        spans = [(warmup, 0, config.warmup_epochs), ("llp", config.warmup_epochs, config.epochs)]
     return [(phase, max(first, start_epoch), last) for phase, first, last in spans
             if last > max(first, start_epoch)]
 
@@ -117,7 +127,12 @@ def final_metrics(experiment: Experiment, propagator) -> dict:
         "num_examples": int(len(is_labelled)),
         "num_labelled": int(is_labelled.sum()),
         "epochs": int(state.completed_epochs.numpy()),
-        "instance_epochs": config.instance_epochs if config.method != "supervised" else 0,
+        "instance_epochs": config.instance_epochs,
+        "warmup": config.warmup if config.method != "supervised" else None,
+        "warmup_epochs": config.warmup_epochs if config.method != "supervised" else 0,
+        # The classifier's test top-1 at the end of the warm-up (chance after instance recognition,
+        # which does not train it); None for --method=supervised or a run resumed from before this.
+        "warmup_val_top1": _finite_or_none(experiment.progress.warmup_val_top1.numpy()),
         "seed": config.seed,
         "split_seed": config.split_seed,
         "val_top1": results["top1"],
@@ -131,3 +146,8 @@ def final_metrics(experiment: Experiment, propagator) -> dict:
             state.labels.numpy(), experiment.selection.labels, is_labelled)
         metrics["pseudo_label_accuracy_history"] = propagation_history(experiment, propagator)
     return metrics
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -150,7 +150,7 @@ def test_runs_on_other_examples_are_not_compared():
         labels = np.asarray(labels)
         return analysis.RunState(
             workdir=f"run{len(labels)}", method="llp", dataset="npz:x", backbone="small_cnn",
-            instance_epochs=1, class_names=["a", "b"],
+            warmup_epochs=1, class_names=["a", "b"],
             rows=np.arange(len(labels)) if rows is None else np.asarray(rows), true_labels=labels,
             is_labelled=np.zeros(len(labels), bool), current_labels=labels,
             bank=np.ones((len(labels), 4), np.float32), epochs=1, checkpoint="ckpt-1")

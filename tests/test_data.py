@@ -336,14 +336,15 @@ def test_train_dataset_labelled_only():
     for first_batch in (0, batches_per_pass):
         indices = pass_indices(dataset, batches_per_pass, first_batch)
         assert set(indices) <= set(labelled) and len(set(indices)) == len(indices)
-    with pytest.raises(ValueError, match="batch_size"):
-        data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)
+    # A batch larger than the labelled set: the labelled examples cycled (issue: very few labels).
+    big = next(iter(data.train_dataset(source, selection, batch_size=64, image_size=8, labelled_only=True)))
+    assert len(big[2]) == 64 and set(big[2].numpy()) == set(labelled)
 
 
 def test_train_dataset_passes_crop_area_min_to_the_augmentation(monkeypatch):
     seen = []
 
-    def recording_augment(image, seed, image_size, crop_area_min):
+    def recording_augment(image, seed, image_size, crop_area_min, **switches):
         seen.append(crop_area_min)
         return data.preprocess_for_eval(image, image_size)
 
@@ -354,6 +355,23 @@ def test_train_dataset_passes_crop_area_min_to_the_augmentation(monkeypatch):
         next(iter(data.train_dataset(source, selection, batch_size=8, image_size=8, crop_area_min=0.55,
                                      labelled_per_batch=labelled_per_batch)))
     assert seen and set(seen) == {0.55}
+
+
+@pytest.mark.parametrize("switches", [{}, {"random_flip": False}, {"color_jitter": False},
+                                      {"random_grayscale": False}])
+def test_train_dataset_passes_the_augmentation_switches(monkeypatch, switches):
+    seen = []
+
+    def recording_augment(image, seed, image_size, crop_area_min, flip, jitter, grayscale):
+        seen.append((flip, jitter, grayscale))
+        return data.preprocess_for_eval(image, image_size)
+
+    monkeypatch.setattr(pipelines, "augment_image", recording_augment)
+    source = array_source(num_train=60)
+    selection = data.select_examples(source.labels("train"), 0.2)
+    next(iter(data.train_dataset(source, selection, batch_size=8, image_size=8, **switches)))
+    expected = tuple(switches.get(name, True) for name in ("random_flip", "color_jitter", "random_grayscale"))
+    assert seen and set(seen) == {expected}
 
 
 def test_train_dataset_with_labelled_examples_in_every_batch():
@@ -382,10 +400,14 @@ def test_train_dataset_with_labelled_examples_in_every_batch():
     np.testing.assert_array_equal(np.stack([b[2] for b in again]), np.stack([b[2] for b in batches]))
     with pytest.raises(ValueError, match="labelled_per_batch=8"):
         data.train_dataset(source, selection, batch_size=8, image_size=8, labelled_per_batch=8)
-    with pytest.raises(ValueError, match=f"{num_labelled} labelled training examples are fewer than "
-                                         f"batch_size={num_labelled + 1}"):
-        data.train_dataset(source, selection, batch_size=20, image_size=8,
-                           labelled_per_batch=num_labelled + 1)
+    # Fewer labelled examples than labelled_per_batch: their passes are cycled to fill each batch.
+    cycled = list(data.train_dataset(source, selection, batch_size=20, image_size=8, augment=False,
+                                     labelled_per_batch=num_labelled + 1, seed=4)
+                  .take(4).as_numpy_iterator())
+    labelled_part = np.concatenate([indices[20 - num_labelled - 1:] for _, _, indices in cycled])
+    assert set(labelled_part) == labelled
+    counts = np.bincount(labelled_part, minlength=len(selection.rows))[sorted(labelled)]
+    assert counts.max() - counts.min() <= 1  # passes one after another: every example equally often
 
 
 def test_train_dataset_is_reproducible_from_its_seed():
@@ -450,3 +472,29 @@ def test_preprocess_for_eval_identity_and_central_crop():
                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     assert exported(tf.zeros([3, 9, 5, 3], tf.uint8)).shape == (3, 4, 4, 3)
     assert data.preprocess_for_eval(tf.zeros([9, 5, 3], tf.uint8), 4).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("num_per_class", [1, 3])
+def test_labelled_only_with_fewer_labelled_examples_than_a_batch(num_per_class):
+    """Supervised training on fewer labelled images than one batch: full batches of the labelled
+    examples alone, cycled pass after pass (each reshuffled), replayed by every iteration."""
+    source = array_source(shape=(8, 8, 1))
+    labels = source.labels("train")
+    fraction = num_per_class / np.bincount(labels).min()
+    selection = data.select_examples(labels, fraction)
+    labelled = set(np.flatnonzero(selection.is_labelled))
+    assert len(labelled) < 16
+
+    def batches():
+        return list(data.train_dataset(source, selection, batch_size=16, image_size=8, augment=False,
+                                       labelled_only=True, seed=2).take(3).as_numpy_iterator())
+
+    first = batches()
+    seen = np.concatenate([indices for _, _, indices in first])
+    assert all(len(indices) == 16 for _, _, indices in first)
+    assert set(seen) == labelled
+    np.testing.assert_array_equal(labels[selection.rows[seen]], np.concatenate([b[1] for b in first]))
+    passes = [seen[i:i + len(labelled)] for i in range(0, len(seen) - len(labelled) + 1, len(labelled))]
+    assert all(set(p) == labelled for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled from pass to pass
+    np.testing.assert_array_equal(seen, np.concatenate([b[2] for b in batches()]))

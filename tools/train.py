@@ -41,7 +41,7 @@ def config_from_flags(flag_values=FLAGS) -> TrainConfig:
     for field in dataclasses.fields(TrainConfig):
         value = getattr(flag_values, field.name)
         if _base_type(field.type) is tuple:
-            value = tuple(int(v) for v in value)
+            value = tuple(field.metadata["item"](v) for v in value)
         values[field.name] = value
     return TrainConfig(**values)
 

@@ -64,7 +64,7 @@ def run_summary(state: RunState, seed: int = 0) -> dict:
     summary = {
         "workdir": state.workdir, "checkpoint": state.checkpoint, "method": state.method,
         "dataset": state.dataset, "backbone": state.backbone, "epochs": state.epochs,
-        "instance_epochs": state.instance_epochs,
+        "warmup_epochs": state.warmup_epochs,
         "num_examples": int(len(state.rows)), "num_labelled": int(state.is_labelled.sum()),
         "class_names": state.class_names,
         "class_counts": np.bincount(state.true_labels, minlength=q).tolist(),
@@ -187,7 +187,7 @@ def analyze(workdir, output_dir, compare_workdir=None, classes=None, max_points_
                np.array(m["aggregation_curve"]["norm_mean"], np.float64),
                np.array(m["aggregation_curve"]["norm_mean_labelled"], np.float64)) for s, m in runs]
     figures["aggregation_curve"] = plot_aggregation_curve(
-        curves, path("aggregation_curve"), [(s.name, s.instance_epochs) for s, _ in runs])
+        curves, path("aggregation_curve"), [(s.name, s.warmup_epochs) for s, _ in runs])
     figures["class_norm_histogram"] = plot_norm_histogram(
         [(s.name, m["class_norms"]) for s, m in runs], path("class_norm_histogram"))
     if other is not None:

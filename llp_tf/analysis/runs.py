@@ -88,7 +88,7 @@ class RunState:
     method: str
     dataset: str
     backbone: str
-    instance_epochs: int
+    warmup_epochs: int  # the switch to LLP: the first propagation is at its end
     class_names: list
     rows: np.ndarray  # int64 [N] source rows of the bank
     true_labels: np.ndarray  # int64 [N]
@@ -116,7 +116,7 @@ def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
     config = run.config
     return RunState(
         workdir=workdir, method=config.method, dataset=config.dataset, backbone=config.backbone,
-        instance_epochs=config.instance_epochs if config.method == "llp" else 0,
+        warmup_epochs=config.resolved().warmup_epochs if config.method == "llp" else 0,
         class_names=[str(name) for name in run.source.class_names],
         rows=np.asarray(run.selection.rows), true_labels=np.asarray(run.selection.labels, np.int64),
         is_labelled=np.asarray(run.selection.is_labelled, bool),

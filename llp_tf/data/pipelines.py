@@ -16,7 +16,8 @@ from llp_tf.data.split import Selection
 def train_dataset(source: Source, selection: Selection, batch_size: int, image_size: int,
                   augment: bool = True, seed: int = 0, labelled_only: bool = False,
                   shuffle_buffer: int | None = None, labelled_per_batch: int = 0,
-                  crop_area_min: float = CROP_AREA_RANGE[0]) -> tf.data.Dataset:
+                  crop_area_min: float = CROP_AREA_RANGE[0], random_flip: bool = True,
+                  color_jitter: bool = True, random_grayscale: bool = True) -> tf.data.Dataset:
     """Endless batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B])
     of the selected training examples: pass after pass, each pass a new shuffle and new augmentations
     drawn from `seed`, the partial last batch of a pass dropped; indices are bank rows (positions in
@@ -30,9 +31,15 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
     minus that many unlabelled ones, from passes over the unlabelled examples.
 
     crop_area_min: the smallest share of the image area that the random resized crop keeps (the
-    paper's 0.2 unless changed, a departure)."""
+    paper's 0.2 unless changed, a departure); random_flip, color_jitter, random_grayscale switch those
+    parts of the augmentation off alone (all on in the paper).
+
+    A set of rows smaller than its batch (fewer labelled images than labelled_per_batch, or than
+    batch_size with labelled_only) is cycled: its passes run on into each other, each reshuffled, so a
+    batch may hold an example twice."""
     all_rows = np.arange(len(selection.rows), dtype=np.int64)
-    augmenter = (functools.partial(augment_image, image_size=image_size, crop_area_min=crop_area_min)
+    augmenter = (functools.partial(augment_image, image_size=image_size, crop_area_min=crop_area_min,
+                                   flip=random_flip, jitter=color_jitter, grayscale=random_grayscale)
                  if augment else None)
     if labelled_only:
         return _batches(source, selection, all_rows[selection.is_labelled], batch_size, image_size,
@@ -57,9 +64,9 @@ def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, se
              kind=""):
     """train_dataset's endless batches of the given bank rows (see there); augmenter: (image, seed) ->
     image, or None for the evaluation preprocessing."""
-    if len(bank_rows) < batch_size:
-        raise ValueError(f"{len(bank_rows)} {kind}training examples are fewer than "
-                         f"batch_size={batch_size}: no full batch")
+    if len(bank_rows) == 0:
+        raise ValueError(f"there are no {kind}training examples to make batches of")
+    cycled = len(bank_rows) < batch_size  # passes run into each other to fill a batch
     shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     if shuffle_buffer is None:
         shuffle_buffer = min(len(bank_rows), source.default_shuffle_buffer_limit or len(bank_rows))
@@ -80,6 +87,10 @@ def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, se
         shuffled = stored.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
         # One stateless seed [2] per example: deterministic under parallel map.
         example_seeds = tf.data.Dataset.random(seed=augment_seed, rerandomize_each_iteration=True)
+        if cycled:
+            return (tf.data.Dataset.zip(shuffled.repeat(), example_seeds.batch(2))
+                    .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+                    .batch(batch_size, drop_remainder=True))
         return (tf.data.Dataset.zip(shuffled, example_seeds.batch(2))
                 .map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=True)

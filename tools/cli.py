@@ -1,0 +1,130 @@
+"""What every llp_tf program does before its own work: a quiet console and a --help that lists the
+program's own flags.
+
+Quiet: TensorFlow's C++ INFO lines (XLA, oneDNN notes) are off (TF_CPP_MIN_LOG_LEVEL=1, unless the
+environment sets it), a few known lines that say nothing on a machine without a GPU (the CUDA driver
+probe, cuInit's failure, the CPU-instruction note) are taken out of standard error, and TensorFlow's
+Python INFO lines (a "Sharding callback duration" after every checkpoint) are dropped. Warnings and
+errors always pass. `--verbosity=1` (or `-v 1`) shows everything.
+
+--help (also -h, -?): the program's flags in groups, with defaults, then exit 0; --helpfull stays
+absl's list of every flag.
+"""
+import atexit
+import logging
+import os
+import re
+import sys
+import textwrap
+import threading
+
+from absl import app, flags
+
+NOISE = [re.compile(pattern) for pattern in (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
+    r"cuda_platform\.cc:\d+\] failed call to cuInit",
+    r"cuda_executor\.cc:\d+\].*(kernel driver does not appear|no NVIDIA GPU)",
+    r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
+    r"^To enable the following instructions: .*rebuild TensorFlow",
+)]
+HELP_ARGUMENTS = ("--help", "-help", "-h", "--h", "-?")
+
+
+def wants_verbose(argv) -> bool:
+    """True when the command line asks absl for verbosity >= 1 (then nothing is silenced)."""
+    for i, arg in enumerate(argv):
+        value = None
+        for name in ("--verbosity=", "-verbosity=", "--v=", "-v="):
+            if arg.startswith(name):
+                value = arg[len(name):]
+        if arg in ("-v", "--v", "--verbosity", "-verbosity") and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            try:
+                if int(value) >= 1:
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
+class _DropTensorFlowInfo(logging.Filter):
+    """Drops INFO records that TensorFlow's own Python code sends through absl logging."""
+
+    def filter(self, record):
+        return record.levelno > logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
+def quiet(argv=None):
+    """Silences the noise described above for the rest of the process, unless argv asks for it."""
+    argv = sys.argv if argv is None else argv
+    if wants_verbose(argv):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.getLogger("absl").addFilter(_DropTensorFlowInfo())
+    _filter_standard_error(NOISE)
+
+
+def _filter_standard_error(patterns):
+    """Standard error (file descriptor 2, so C++ writes too) through a pipe whose reader passes on
+    every line but those matching patterns. At exit the reader is drained before the process ends."""
+    try:
+        sys.stderr.flush()
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except OSError:
+        return  # no standard error to filter (closed): nothing to silence either
+
+    def pump():
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            for line in iter(source.readline, b""):
+                text = line.decode("utf-8", errors="replace")
+                if not any(pattern.search(text) for pattern in patterns):
+                    os.write(original, line)
+
+    reader = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    reader.start()
+
+    def drain():
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(original, 2)  # closes the pipe's last write end, so the reader sees its end
+        reader.join(timeout=5)
+
+    atexit.register(drain)
+
+
+def help_text(program, summary, groups, flag_values=flags.FLAGS) -> str:
+    """The program's flags, group by group: [(title, [flag names])]."""
+    lines = [f"{program}: {summary}", "", f"Usage: {program} [--flag=value ...] "
+             "(or --flagfile=FILE; --helpfull lists absl's and TensorFlow's flags too)"]
+    for title, names in groups:
+        lines += ["", f"{title}:"]
+        for name in names:
+            flag = flag_values[name]
+            default = flag.default_as_str if flag.default is not None else "none"
+            lines.append(f"  --{name} (default: {default})")
+            lines += textwrap.wrap(flag.help, width=96, initial_indent="      ",
+                                   subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
+
+
+def module_flag_names(module_name, flag_values=flags.FLAGS):
+    """The flags a module defined, in definition order."""
+    return [flag.name for flag in flag_values.flags_by_module_dict().get(module_name, [])]
+
+
+def run(main, program, summary, groups, argv=None):
+    """Quiet, then --help (exit 0) or app.run(main). groups: [(title, [flag names])]; flags of the
+    program that no group names are listed last under "Other"."""
+    argv = sys.argv if argv is None else argv
+    if any(arg in HELP_ARGUMENTS for arg in argv[1:]):
+        sys.stdout.write(help_text(program, summary, groups))
+        sys.exit(0)
+    quiet(argv)
+    app.run(main, argv=argv)
