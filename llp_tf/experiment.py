@@ -2,19 +2,17 @@
 and its state, and the datasets the phase loop and the propagation read (Model Garden's Task).
 
 An Experiment knows nothing of resuming or of the phase loop: llp_tf/resume.py saves and restores its
-checkpoint, llp_tf/train.py runs the phases. `check_workdir` records (first run) or checks (rerun) the
-facts of the workdir the job writes into. No flags here.
+checkpoint, llp_tf/train.py runs the phases; what its workdir records about it is llp_tf/facts.py
+(a folder dataset's decode check reads that record, so only changed files are decoded again).
+`build_model` builds the network alone, for a finished run rebuilt from those facts. No flags here.
 """
-import json
-import os
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from llp_tf import backbones, data, distribute, propagation
-from llp_tf.checkpoints import replace_atomically
 from llp_tf.config import TrainConfig
+from llp_tf.facts import read_file_table
 from llp_tf.model import LLPModel, LLPState
 from llp_tf.resume import Progress
 from llp_tf.workdir import Workdir
@@ -31,7 +29,8 @@ class Experiment:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
-        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image)
+        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image,
+                                       known_files=read_file_table(config.workdir))
         self.selection = data.select_examples(
             self.source.labels("train"), config.labelled_fraction, config.kept_fraction,
             seed=config.split_seed, class_names=self.source.class_names)
@@ -56,21 +55,9 @@ class Experiment:
             self.checkpoint, self.workdir.checkpoints, self.strategy, max_to_keep=config.keep_checkpoints)
 
     def _build_model(self):
-        config = self.config
         input_shape = (self.image_size, self.image_size, self.source.channels)
-        backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
-        state = LLPState(self.selection.is_labelled, self.selection.labels, config.embedding_dim,
-                         seed=config.seed)
-        model = LLPModel(backbone, self.num_classes, state, tau=config.tau,
-                         bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
-                         use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
-                         warmup_category_loss=config.warmup_category_loss,
-                         confidence_threshold=config.confidence_threshold)
-        model.compile(optimizer=keras.optimizers.SGD(self._learning_rate(), momentum=config.momentum),
-                      jit_compile=config.jit_compile)
-        model(tf.zeros((1,) + input_shape))
-        model.optimizer.build(model.trainable_variables)  # slots exist before a restore
-        return model
+        return build_model(self.config, input_shape, self.num_classes, self.selection.is_labelled,
+                           self.selection.labels, self._learning_rate())
 
     def _learning_rate(self):
         drop_epochs, values = self.config.learning_rates()
@@ -125,29 +112,19 @@ def _native_size(source):
     return height
 
 
-def check_workdir(workdir, experiment: Experiment):
-    """Records the experiment's shape and labelled split on the first run; on a rerun, refuses a
-    workdir made for another dataset size, class count, embedding size or split, saying which."""
-    files = Workdir(workdir)
-    selection = experiment.selection
-    facts = {"dataset": experiment.config.dataset, "num_examples": int(len(selection.rows)),
-             "num_classes": int(experiment.num_classes),
-             "embedding_dim": int(experiment.config.embedding_dim)}
-    if experiment.source.skipped_files:
-        files.write_skipped_files(experiment.source.skipped_files)
-    if not os.path.exists(files.facts):  # written last: its presence means both are whole
-        replace_atomically(files.split, lambda f: np.savez(
-            f, rows=selection.rows, is_labelled=selection.is_labelled))
-        files.write_json(files.facts, facts)
-        return
-    with open(files.facts) as f:
-        saved = json.load(f)
-    for key in ("num_examples", "num_classes", "embedding_dim"):
-        if saved[key] != facts[key]:
-            raise ValueError(f"{workdir} was made for {key} = {saved[key]} ({saved['dataset']}), this run "
-                             f"has {key} = {facts[key]}: use another --workdir")
-    split = np.load(files.split)
-    if not (np.array_equal(split["rows"], selection.rows)
-            and np.array_equal(split["is_labelled"], selection.is_labelled)):
-        raise ValueError(f"{workdir} holds another labelled split (other --split_seed, fractions or "
-                         "data): use another --workdir")
+def build_model(config: TrainConfig, input_shape, num_classes, is_labelled, labels, learning_rate):
+    """The compiled LLPModel of `config` on images of input_shape (H, W, C), with an LLPState of
+    len(is_labelled) rows (labels: the true labels of the labelled rows) and its optimizer's slots
+    built, so that a checkpoint restores into it."""
+    backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
+    state = LLPState(is_labelled, labels, config.embedding_dim, seed=config.seed)
+    model = LLPModel(backbone, num_classes, state, tau=config.tau,
+                     bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
+                     use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
+                     warmup_category_loss=config.warmup_category_loss,
+                     confidence_threshold=config.confidence_threshold)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=config.momentum),
+                  jit_compile=config.jit_compile)
+    model(tf.zeros((1,) + tuple(input_shape)))
+    model.optimizer.build(model.trainable_variables)  # slots exist before a restore
+    return model

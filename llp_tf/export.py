@@ -1,8 +1,8 @@
 """Serving export: a SavedModel with the trained backbone and heads only, preprocessing inside.
 
-    model, experiment = finished.restore_model("runs/my_run")     # latest checkpoint of the workdir
-    export_saved_model(model, "exported/my_run", (experiment.image_size, experiment.image_size,
-                       experiment.source.channels), experiment.source.class_names)
+    model, facts = finished.restore_network("runs/my_run")     # latest checkpoint of the workdir
+    export_saved_model(model, "exported/my_run", (facts.image_size, facts.image_size, facts.channels),
+                       facts.class_names)
 
 The SavedModel holds the backbone, the embedding head and the classifier; the memory bank, the current
 labels, confidences, log-density and the optimizer stay in the training checkpoint. Signatures:

@@ -21,14 +21,25 @@ import tensorflow as tf
 from llp_tf import distribute, evaluation, propagation
 from llp_tf.callbacks import (KnnCallback, PropagationCallback, RecordAtEpochEnd, SummaryCallback,
                               pseudo_label_accuracy)
+from llp_tf.checkpoints import saved_checkpoints
 from llp_tf.config import TrainConfig
-from llp_tf.experiment import Experiment, check_workdir
+from llp_tf.experiment import Experiment
+from llp_tf.facts import check_workdir, record_workdir
 from llp_tf.resume import (CheckpointCallback, GuardCallback, StopRequest, propagation_history, restore,
                            stop_on_signals)
+from llp_tf.workdir import Workdir
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains (or resumes) the job in config.workdir and returns the final metrics."""
+class RunFinished(Exception):
+    """The workdir holds this run finished (its metrics and the checkpoint of its last epoch): nothing
+    was done or written. The message says where its metrics are."""
+
+
+def train(config: TrainConfig, reevaluate: bool = False) -> dict:
+    """Trains (or resumes) the job in config.workdir and returns the final metrics. Nothing is
+    written into the workdir before its record is checked against this job (llp_tf/facts.py). A run
+    already finished raises RunFinished without touching a file, unless `reevaluate`: then its final
+    metrics are computed again from its last checkpoint and rewritten."""
     config = config.resolved()
     started = time.time()
     configure_process(config)
@@ -37,6 +48,12 @@ def train(config: TrainConfig) -> dict:
     chief = distribute.is_chief(experiment.strategy)  # the other workers of a cluster write no files
     if chief:
         check_workdir(config.workdir, experiment)
+    if not reevaluate and is_finished(workdir, config.epochs):
+        raise RunFinished(f"{workdir.path} holds this run finished ({config.epochs} epochs): its metrics "
+                          f"are in {workdir.metrics}; nothing was changed (--reevaluate computes them "
+                          "again, a larger --epochs trains on)")
+    if chief:
+        record_workdir(config.workdir, experiment)
         workdir.write_config(config)
     resume_at = restore(experiment)
     validation = experiment.eval_dataset()
@@ -64,10 +81,18 @@ def train(config: TrainConfig) -> dict:
     return metrics
 
 
+def is_finished(workdir: Workdir, epochs: int) -> bool:
+    """True when `workdir` holds the metrics of a finished run and its newest checkpoint is the end
+    of epoch `epochs`."""
+    if not os.path.exists(workdir.metrics):
+        return False
+    saved = saved_checkpoints(workdir.checkpoints, warn=False)
+    return bool(saved) and saved[0][1] == (epochs, 0)
+
+
 def configure_process(config: TrainConfig):
-    """The process-wide settings of a job, before it builds anything: its workdir exists, dtype
-    policy, op determinism and the random seed."""
-    os.makedirs(config.workdir, exist_ok=True)
+    """The process-wide settings of a job, before it builds anything: dtype policy, op determinism
+    and the random seed (the workdir is created only once its record is checked)."""
     if config.mixed_precision:
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     if config.deterministic:

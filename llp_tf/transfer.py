@@ -89,19 +89,19 @@ def transfer(workdir, dataset, data_dir=None, checkpoint=None, epochs=30, learni
         raise ValueError(f"need epochs >= 1, learning_rate > 0, batch_size >= 1 and weight_decay >= 0; "
                          f"got {epochs}, {learning_rate}, {batch_size} and {weight_decay}")
     target = data.load_source(dataset, data_dir)  # a bad target fails before the run is rebuilt
-    finished.load_config(workdir)  # names a missing workdir or config.json before the checkpoint
+    config = finished.load_config(workdir)  # names a missing workdir or config.json before the checkpoint
     path = finished.checkpoint_path(workdir, checkpoint)  # resolved once: training may save meanwhile
-    model, experiment = finished.restore_model(workdir, path)
-    settings = dict(image_size=experiment.image_size, epochs=epochs, learning_rate=learning_rate,
+    model, facts = finished.restore_network(workdir, path)
+    settings = dict(image_size=facts.image_size, epochs=epochs, learning_rate=learning_rate,
                     batch_size=batch_size, weight_decay=weight_decay, seed=seed)
     result = {"workdir": str(workdir), "checkpoint": path,
-              "epoch": int(model.state.completed_epochs.numpy()), "backbone": experiment.config.backbone,
+              "epoch": int(model.state.completed_epochs.numpy()), "backbone": config.backbone,
               "dataset": dataset, "num_classes": target.num_classes,
               "num_train": len(target.labels("train")), "num_test": len(target.labels("test")),
               **settings, "top1": readout_top1(model.backbone, target, **settings)}
     if random_baseline:
         keras.utils.set_random_seed(seed)
-        fresh = backbones.build_backbone(experiment.config.backbone, model.backbone.input_shape[1:],
-                                         experiment.config.weight_decay, experiment.config.width)
+        fresh = backbones.build_backbone(config.backbone, model.backbone.input_shape[1:],
+                                         config.weight_decay, config.width)
         result["random_backbone_top1"] = readout_top1(fresh, target, **settings)
     return result

@@ -1,7 +1,9 @@
 """The files of one run's --workdir, each named here once, and its config.json read and written.
 
     WORKDIR/config.json          the TrainConfig of the run (written by llp-train, read by every tool)
-            dataset.json         the run's shape: dataset, example and class counts, embedding size
+            dataset.json         the run's facts (llp_tf/facts.py): dataset and its fingerprint, class
+                                 names, image shape, example and class counts, embedding size
+            data_files.npz       a folder dataset's files: hashes and decode results (data.FileTable)
             split.npz            the labelled split: kept rows and which of them are labelled
             skipped_images.txt   files of a folder dataset left out (--on_bad_image=skip)
             metrics.json         the final metrics of a finished llp-train
@@ -29,6 +31,7 @@ class Workdir:
     CONFIG = "config.json"
     FACTS = "dataset.json"
     SPLIT = "split.npz"
+    DATA_FILES = "data_files.npz"
     SKIPPED_FILES = "skipped_images.txt"
     METRICS = "metrics.json"
     CHECKPOINTS = "checkpoints"
@@ -54,6 +57,10 @@ class Workdir:
     @property
     def split(self):
         return self._file(self.SPLIT)
+
+    @property
+    def data_files(self):
+        return self._file(self.DATA_FILES)
 
     @property
     def skipped_files(self):

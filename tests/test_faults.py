@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from llp_tf import checkpoints, experiment, resume, train
+from llp_tf import checkpoints, experiment, facts, resume, train
 from llp_tf.config import TrainConfig
 from llp_tf.workdir import Workdir
 from scripts import kill_drill
@@ -285,14 +285,18 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_npz,
 def test_the_labelled_split_is_saved_checked_and_follows_its_seed(tiny_npz, tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
+    def check_and_record(workdir, run):
+        facts.check_workdir(workdir, run)
+        facts.record_workdir(workdir, run)
+
     first = experiment.Experiment(tiny_config(tiny_npz, tmp_path / "a", split_seed=0))
-    experiment.check_workdir(str(tmp_path / "a"), first)
-    experiment.check_workdir(str(tmp_path / "a"),
-                             experiment.Experiment(tiny_config(tiny_npz, tmp_path / "a", split_seed=0)))
+    check_and_record(str(tmp_path / "a"), first)
+    check_and_record(str(tmp_path / "a"),
+                     experiment.Experiment(tiny_config(tiny_npz, tmp_path / "a", split_seed=0)))
     other = experiment.Experiment(tiny_config(tiny_npz, tmp_path / "b", split_seed=1))
     with pytest.raises(ValueError, match="holds another labelled split"):
-        experiment.check_workdir(str(tmp_path / "a"), other)
-    experiment.check_workdir(str(tmp_path / "b"), other)
+        check_and_record(str(tmp_path / "a"), other)
+    check_and_record(str(tmp_path / "b"), other)
     saved = [np.load(Workdir(tmp_path / name).split) for name in ("a", "b")]
     np.testing.assert_array_equal(saved[0]["is_labelled"], first.selection.is_labelled)
     assert not np.array_equal(saved[0]["rows"][saved[0]["is_labelled"]],

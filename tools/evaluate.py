@@ -3,8 +3,9 @@
   llp-eval --workdir=runs/my_run [--checkpoint=runs/my_run/checkpoints/ckpt-7] [--split=test|train]
            [--knn_k=K] [--output=FILE]
 
-The run is rebuilt from WORKDIR/config.json (its dataset must still be readable) and restored from its
-latest checkpoint, or from --checkpoint. Writes JSON (default WORKDIR/eval_<split>.json) with top1, top5
+The network is rebuilt from what the workdir records (the training data need not be readable) and
+restored from its latest checkpoint, or from --checkpoint; only the evaluated split of the run's dataset
+(or of --dataset) is opened: for a folder, DIR/test (or val) for --split=test. Writes JSON (default WORKDIR/eval_<split>.json) with top1, top5
 (null under 6 classes), knn_top1 (weighted kNN from the bank's labelled rows, k = the run's
 eval_knn_k or --knn_k), per_class_accuracy, confusion_matrix (rows = true class), num_examples, checkpoint and
 epoch, and prints a summary. See llp_tf/finished.py.
@@ -21,6 +22,9 @@ flags.DEFINE_string("split", "test", "test (held out) | train (every training ex
 flags.DEFINE_integer("knn_k", None, "neighbours of knn_top1; default: the run's --eval_knn_k (1: the "
                      "1-NN accuracy by which the paper compares ablations)")
 flags.DEFINE_string("output", None, "JSON file to write; default: WORKDIR/eval_<split>.json")
+flags.DEFINE_string("dataset", None, "the data to evaluate on, with the run's classes (e.g. folder:DIR "
+                    "where the run's folder moved: DIR/test or DIR/val for --split=test); default: the "
+                    "run's --dataset")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -36,7 +40,7 @@ def main(argv):
     output = FLAGS.output or Workdir(FLAGS.workdir).eval_results(FLAGS.split)
     try:
         results = finished.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
-                                               FLAGS.knn_k)
+                                            FLAGS.knn_k, FLAGS.dataset)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-eval: {error}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

@@ -2,8 +2,9 @@
 
   llp-export --workdir=runs/my_run --export_dir=exported/my_run [--checkpoint=runs/my_run/checkpoints/ckpt-7]
 
-The run is rebuilt from WORKDIR/config.json (its training dataset must still be readable: it gives the
-image size, channels and class names) and restored from its latest checkpoint, or from --checkpoint.
+The network is rebuilt from what the workdir records (config.json; dataset.json's image size, channels
+and class names), so the training data need not be readable any more, and restored from its latest
+checkpoint, or from --checkpoint.
 Signatures: serving_default (uint8 images [B, h, w, C]) and serving_bytes (encoded JPEG/PNG strings
 [B]); both give probabilities, classes and embeddings, serving_bytes also `valid`. See llp_tf/export.py.
 """
@@ -29,13 +30,12 @@ def main(argv):
     try:
         export.check_export_dir(FLAGS.export_dir)  # before the slow restore
         path = finished.checkpoint_path(FLAGS.workdir, FLAGS.checkpoint)  # resolved (and read through) once
-        model, experiment = finished.restore_model(FLAGS.workdir, path)
-        image_shape = (experiment.image_size, experiment.image_size, experiment.source.channels)
-        module = export.export_saved_model(model, FLAGS.export_dir, image_shape,
-                                           experiment.source.class_names)
+        model, facts = finished.restore_network(FLAGS.workdir, path)
+        image_shape = (facts.image_size, facts.image_size, facts.channels)
+        module = export.export_saved_model(model, FLAGS.export_dir, image_shape, facts.class_names)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f"llp-export: {error}")
-    class_names = experiment.source.class_names
+    class_names = facts.class_names
     shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
     print(f"restored {path}")
     print(f"wrote SavedModel to {FLAGS.export_dir}")

@@ -2,8 +2,10 @@
 
   llp-train --flagfile=flags/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
 
-SIGTERM or SIGINT: a checkpoint of the current step, then exit status 128 + the signal (143, 130); the
-rerun continues with the next step. A non-finite loss or a failed checkpoint write (a full disk): exit
+A rerun with a finished run's workdir says so and exits 0 without touching its files (--reevaluate
+computes its final metrics again). A workdir made for other data is refused before anything is
+written. SIGTERM or SIGINT: a checkpoint of the current step, then exit status 128 + the signal (143,
+130); the rerun continues with the next step. A non-finite loss or a failed checkpoint write (a full disk): exit
 status 1 and a message naming the checkpoint that remains.
 """
 import dataclasses
@@ -16,6 +18,9 @@ from absl import app, flags
 from llp_tf.config import TrainConfig
 
 FLAGS = flags.FLAGS
+REEVALUATE_HELP = ("a finished run (its metrics.json and the checkpoint of its last epoch): compute "
+                   "its final metrics again and rewrite metrics.json (without it such a rerun "
+                   "changes nothing)")
 
 
 def define_config_flags(flag_values=FLAGS):
@@ -56,7 +61,10 @@ def main(argv):
     from llp_tf.workdir import Workdir
 
     try:
-        metrics = training.train(config)
+        metrics = training.train(config, reevaluate=FLAGS.reevaluate)
+    except training.RunFinished as finished:
+        print(f"llp-train: {finished}")
+        return
     except resume.TrainingInterrupted as stop:  # SIGTERM / SIGINT, after a checkpoint
         print(f"llp-train: {stop}", file=sys.stderr)
         sys.exit(stop.exit_status)
@@ -68,6 +76,7 @@ def main(argv):
 
 def run():
     define_config_flags()
+    flags.DEFINE_bool("reevaluate", False, REEVALUATE_HELP)
     app.run(main)
 
 

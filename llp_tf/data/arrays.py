@@ -9,10 +9,13 @@ import os
 import numpy as np
 
 from llp_tf.data.base import SPLITS, ListedSource
+from llp_tf.data.fingerprint import array_fingerprint
 
 
 class ArraySource(ListedSource):
     """A source held in memory as uint8 arrays (the idx and npz forms)."""
+
+    _fingerprint = None
 
     def __init__(self, x_train, y_train, x_test, y_test, class_names=None, origin="arrays"):
         self._stored = {"train": _as_image_array(x_train, f"{origin} x_train"),
@@ -35,6 +38,14 @@ class ArraySource(ListedSource):
             raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
         self.image_shape = tuple(int(d) for d in self._stored["train"].shape[1:])
         self.channels = self.image_shape[-1]
+
+    def fingerprint(self):
+        if self._fingerprint is None:  # hashing the arrays takes a moment: once per source
+            self._fingerprint = array_fingerprint(
+                {f"{split} {kind}": values[split] for split in SPLITS
+                 for kind, values in (("images", self._stored), ("labels", self._labels))},
+                self.class_names)
+        return self._fingerprint
 
 
 def load_idx_source(directory: str) -> ArraySource:

@@ -29,6 +29,14 @@ class Source:
     default_shuffle_buffer_limit: int | None = None
     # (path, why) of each file left out under on_bad_image="skip" (folder sources only).
     skipped_files: tuple[tuple[str, str], ...] = ()
+    # Folder sources: every listed file with its size, time, hash and decode result
+    # (fingerprint.FileTable), the record a later opening reads instead of decoding again.
+    file_table = None
+
+    def fingerprint(self) -> dict:
+        """What identifies this source's examples, as JSON (llp_tf/data/fingerprint.py); a folder's
+        files are in its file_table."""
+        raise NotImplementedError
 
     def labels(self, split: str) -> np.ndarray:
         """Every label of `split`, int64 [n], in source order."""
@@ -59,13 +67,18 @@ class ListedSource(Source):
     _labels: dict
 
     def labels(self, split):
-        return self._labels[check_split(split)].copy()
+        return self._labels[self._opened(split)].copy()
 
     def encoded_examples(self, split, rows):
-        split = check_split(split)
+        split = self._opened(split)
         rows = resolve_rows(rows, len(self._labels[split]))
         return tf.data.Dataset.from_tensor_slices(
             (self._stored[split][rows], self._labels[split][rows], np.arange(len(rows), dtype=np.int64)))
+
+    def _opened(self, split):
+        if check_split(split) not in self._labels:
+            raise ValueError(f"the {split} split of this source was not opened")
+        return split
 
 
 def check_split(split: str) -> str:

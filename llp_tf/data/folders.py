@@ -1,56 +1,94 @@
 """`FolderSource`: image files in DIR/<split>/<class>/, checked once on opening. Folder validation
 (class folders alike in both splits, no empty class), the one decoding of a folder image, the bad-image
-policy (refuse, or skip and list) and the skipped-files list written into a workdir."""
+policy (refuse, or skip and list) and the skipped-files list written into a workdir. The decode check
+reads each file once, hashing it in the same read, and records what it found in a
+fingerprint.FileTable; given the table of an earlier opening it reads only the files whose size or
+modification time changed."""
 from __future__ import annotations
 
 import os
 import re
+import sys
+import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from llp_tf.config import BAD_IMAGE_POLICIES
-from llp_tf.data.base import AUTOTUNE, ListedSource
+from llp_tf.data.base import AUTOTUNE, SPLITS, ListedSource
+from llp_tf.data.fingerprint import FileTable, folder_fingerprint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what tf.io.decode_image reads
 _BAD_FILES_SHOWN = 20  # in an error or warning; the skipped-files list has them all
+_FILE_NAME_ENCODING = sys.getfilesystemencoding()
 
 
 class FolderSource(ListedSource):
     """Image files in DIR/<split>/<class>/, subfolders of a class folder included and hidden entries
     ignored; classes are the sorted train subfolder names. Every image is decoded once here, as
-    training decodes it, so that no file can fail mid-epoch. Files that are not decodable images
+    training decodes it, so that no file can fail mid-epoch (or taken as `known_files` recorded it,
+    when its size and modification time are unchanged). Files that are not decodable images
     (or lie outside any class folder) raise one error that lists them, or with on_bad_image="skip"
     are left out and listed in `skipped_files`. Images are decoded to 3 channels whatever they store
     (grayscale repeated, alpha dropped, CMYK converted), so mixed files are fine."""
 
-    def __init__(self, root: str, on_bad_image: str = "error"):
+    def __init__(self, root: str, on_bad_image: str = "error", known_files: FileTable | None = None,
+                 splits=SPLITS, class_names=None):
+        """known_files: the file_table of an earlier opening of this folder (wherever it lay then):
+        files with the size and modification time recorded there are not read again. splits: the
+        splits to open (a finished run's evaluation opens one); without 'train', class_names (the
+        run's) must be given and the other split's class folders must be exactly these."""
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
-        split_dirs = {"train": os.path.join(root, "train"), "test": _find_eval_folder(root)}
-        if not os.path.isdir(split_dirs["train"]):
-            raise FileNotFoundError(f"folder source {root}: no train/ folder")
+        started = time.perf_counter()
+        split_dirs = {}
+        if "train" in splits:
+            split_dirs["train"] = os.path.join(root, "train")
+            if not os.path.isdir(split_dirs["train"]):
+                raise FileNotFoundError(f"folder source {root}: no train/ folder")
+        if "test" in splits:
+            split_dirs["test"] = _find_eval_folder(root)
         bad_files = []  # (path, why) of every file that cannot be used, both splits
-        self.class_names = _class_folders(split_dirs["train"], bad_files)
-        if not self.class_names:
-            raise ValueError(f"folder source {root}: train/ has no class folders")
-        _check_same_classes(self.class_names, _class_folders(split_dirs["test"], bad_files),
-                            split_dirs["test"])
+        if "train" in split_dirs:
+            self.class_names = _class_folders(split_dirs["train"], bad_files)
+            if not self.class_names:
+                raise ValueError(f"folder source {root}: train/ has no class folders")
+        else:
+            self.class_names = [str(name) for name in class_names]
+        if "test" in split_dirs:
+            _check_same_classes(self.class_names, _class_folders(split_dirs["test"], bad_files),
+                                split_dirs["test"])
         self.num_classes = len(self.class_names)
         self.channels = 3
-        self._stored, self._labels, sizes, listed_labels = {}, {}, [], {}
+        self._stored, self._labels, sizes, listed_labels, tables = {}, {}, [], {}, []
+        prefix = os.fsencode(os.path.join(root, ""))
+        self.files_decoded = 0  # files read and decoded by this opening (the others were known)
         for split, split_dir in split_dirs.items():
-            paths, listed_labels[split] = _list_class_images(split_dir, self.class_names, bad_files)
-            split_sizes = _decoded_sizes(paths, bad_files)
-            usable = split_sizes[:, 0] >= 0
+            paths, listed_labels[split], stats = _list_class_images(split_dir, self.class_names, bad_files)
+            table, decoded = _checked_files(paths, stats, prefix, bad_files, known_files)
+            self.files_decoded += decoded
+            usable = table.kept()
             self._stored[split], self._labels[split] = paths[usable], listed_labels[split][usable]
-            sizes.append(split_sizes[usable])
+            sizes.append(np.stack([table.heights, table.widths], axis=1)[usable])
+            tables.append(table)
         self.skipped_files = _apply_bad_image_policy(root, bad_files, on_bad_image)
+        decode_failed = {bytes(path) for table in tables for path in table.paths[~table.kept()]}
+        tables.append(FileTable.from_rows(
+            (path[len(prefix):], -1, -1, 0, -1, -1, why) for path, why in sorted(bad_files)
+            if path[len(prefix):] not in decode_failed))
+        self.file_table = FileTable.concatenate(tables)
+        self._split_folders = {split: os.path.basename(d) for split, d in split_dirs.items()}
         for split, split_dir in split_dirs.items():
             _check_no_empty_class(split_dir, self.class_names, listed_labels[split], self._labels[split])
-        distinct_sizes = np.unique(np.concatenate(sizes), axis=0)
-        self.image_shape = (*map(int, distinct_sizes[0]), 3) if len(distinct_sizes) == 1 else None
+        sizes = np.concatenate(sizes)
+        self.image_shape = (*map(int, sizes[0]), 3) if np.all(sizes == sizes[0]) else None
+        logging.info("folder source %s: %d files checked in %.1f s, %d of them read and decoded (the "
+                     "others as recorded)", root, len(self.file_table), time.perf_counter() - started,
+                     self.files_decoded)
+
+    def fingerprint(self):
+        return folder_fingerprint(self.file_table, self._split_folders)
 
     def decode(self, path, label, index):
         image = _decode_image_file(path)
@@ -92,10 +130,10 @@ def _check_same_classes(train_classes: list[str], eval_classes: list[str], eval_
 
 
 def _list_class_images(split_dir: str, class_names: list[str], bad_files: list):
-    """(paths as bytes, labels int64) of the image files, class by class, each class in sorted
-    order of its subfolders and files; other entries go to bad_files. Paths are kept as bytes so that
-    file names in any encoding reach tf.io.read_file unchanged."""
-    paths, labels = [], []
+    """(paths as bytes, labels int64, (size, st_mtime_ns) int64 [n, 2]) of the image files, class by
+    class, each class in sorted order of its subfolders and files; other entries go to bad_files.
+    Paths are kept as bytes so that file names in any encoding reach tf.io.read_file unchanged."""
+    paths, labels, stats = [], [], []
     for label, name in enumerate(class_names):
         for entry in _entries_under(os.path.join(split_dir, name)):
             if not entry.is_file():
@@ -103,9 +141,15 @@ def _list_class_images(split_dir: str, class_names: list[str], bad_files: list):
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 bad_files.append((os.fsencode(entry.path), f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
             else:
-                paths.append(os.fsencode(entry.path))
+                try:
+                    stat = entry.stat()  # is_file's stat call, cached by the entry
+                    stats.append((stat.st_size, stat.st_mtime_ns))
+                except OSError:
+                    stats.append((-1, -1))  # gone since the listing: its read fails and names it
+                paths.append(entry.path.encode(_FILE_NAME_ENCODING, "surrogateescape"))  # os.fsencode
                 labels.append(label)
-    return np.array(paths, dtype=bytes), np.array(labels, dtype=np.int64)
+    return (np.array(paths, dtype=bytes), np.array(labels, dtype=np.int64),
+            np.array(stats, np.int64).reshape(-1, 2))
 
 
 def _entries_under(directory: str):
@@ -118,26 +162,62 @@ def _entries_under(directory: str):
 
 
 def _decode_image_file(path) -> tf.Tensor:
+    return _decode_image(tf.io.read_file(path))
+
+
+def _decode_image(content) -> tf.Tensor:
     """The one decoding of folder images: uint8 [H, W, 3] whatever the file stores (grayscale
     repeated, alpha dropped, CMYK converted by libjpeg); the first frame of an animation."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.io.decode_image(content, channels=3, expand_animations=False)
 
 
-def _decoded_sizes(paths: np.ndarray, bad_files: list) -> np.ndarray:
-    """(height, width) int64 [n, 2] of every image, fully decoded in parallel as training decodes
-    it; -1 for the files that fail, which go to bad_files."""
-    sizes = np.full((len(paths), 2), -1, np.int64)
-    if not len(paths):
-        return sizes
-    decoded = (tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-               .map(lambda position, path: (position, tf.shape(_decode_image_file(path))[:2]),
-                    num_parallel_calls=AUTOTUNE, deterministic=False)
-               .ignore_errors()  # a failing file is dropped here, then decoded alone for its error
-               .batch(4096))
-    for positions, position_sizes in decoded.as_numpy_iterator():
-        sizes[positions] = position_sizes
-    bad_files += [(paths[i], _decode_error(paths[i])) for i in np.flatnonzero(sizes[:, 0] < 0)]
-    return sizes
+def _checked_files(paths: np.ndarray, stats: np.ndarray, prefix: bytes, bad_files: list,
+                   known: FileTable | None):
+    """(FileTable of `paths`, relative to `prefix`, with their (size, mtime) `stats`; how many files
+    were read). Each file not known with its size and modification time is read once, hashed and
+    fully decoded as training decodes it, in parallel; the others take their row of `known`. Files
+    that fail go to bad_files."""
+    relative = _without_prefix(paths, len(prefix))
+    rows = (known.known_rows(relative, stats[:, 0], stats[:, 1]) if known is not None
+            else np.full(len(paths), -1, np.int64))
+    found = rows >= 0
+    hashes, (heights, widths) = np.zeros(len(paths), np.uint64), np.full((2, len(paths)), -1, np.int64)
+    errors = [b""] * len(paths)
+    if np.any(found):
+        hashes[found] = known.hashes[rows[found]]
+        heights[found], widths[found] = known.heights[rows[found]], known.widths[rows[found]]
+        for i in np.flatnonzero(found & (heights < 0)):
+            errors[i] = known.errors[rows[i]]
+    unread = np.flatnonzero(~found)
+    if len(unread):
+        checked = (tf.data.Dataset.from_tensor_slices((unread, paths[unread]))
+                   .map(_hash_and_size, num_parallel_calls=AUTOTUNE, deterministic=False)
+                   .ignore_errors()  # a failing file is dropped here, then decoded alone for its error
+                   .batch(4096))
+        for positions, position_hashes, sizes in checked.as_numpy_iterator():
+            hashes[positions] = position_hashes
+            heights[positions], widths[positions] = sizes[:, 0], sizes[:, 1]
+        for i in unread[heights[unread] < 0]:
+            errors[i] = _decode_error(paths[i]).encode()
+    bad_files += [(paths[i], errors[i].decode(errors="replace")) for i in np.flatnonzero(heights < 0)]
+    table = FileTable(relative, stats[:, 0], stats[:, 1], hashes, heights, widths, np.array(errors, bytes))
+    return table, len(unread)
+
+
+def _without_prefix(paths: np.ndarray, length: int) -> np.ndarray:
+    """The byte strings `paths` (which all start with the same `length` bytes) without those bytes."""
+    width = paths.dtype.itemsize
+    if not len(paths) or width <= length:
+        return np.array([path[length:] for path in paths.tolist()], bytes)
+    characters = paths.view(np.uint8).reshape(len(paths), width)[:, length:]
+    return np.ascontiguousarray(characters).view(f"S{width - length}").ravel()
+
+
+def _hash_and_size(position, path):
+    """(position, 64-bit farmhash of the file's bytes, decoded (height, width)): one read."""
+    content = tf.io.read_file(path)
+    hashed = tf.bitcast(tf.fingerprint(content[None])[0], tf.uint64)
+    return position, hashed, tf.shape(_decode_image(content), out_type=tf.int64)[:2]
 
 
 def _decode_error(path: bytes) -> str:

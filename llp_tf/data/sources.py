@@ -14,19 +14,24 @@ from __future__ import annotations
 import os
 
 from llp_tf.data.arrays import load_idx_source, load_npz_source
-from llp_tf.data.base import Source
+from llp_tf.data.base import SPLITS, Source
+from llp_tf.data.fingerprint import FileTable
 from llp_tf.data.folders import FolderSource
 from llp_tf.data.tfds_source import TfdsSource
 
 
-def load_source(uri: str, data_dir: str | None = None, on_bad_image: str = "error") -> Source:
+def load_source(uri: str, data_dir: str | None = None, on_bad_image: str = "error",
+                known_files: FileTable | None = None, splits=SPLITS, class_names=None) -> Source:
     """Opens the source named by `uri` ('tfds:NAME', 'idx:DIR', 'folder:DIR' or 'npz:FILE');
     `data_dir` is the TFDS data directory (TFDS's default when None); on_bad_image ('error' or
-    'skip') is what a folder source does with files that are not decodable images."""
+    'skip') is what a folder source does with files that are not decodable images. Folder sources
+    only: known_files, the file_table of an earlier opening, spares decoding the files it records
+    unchanged; splits opens only these splits (without 'train', give the class_names)."""
     scheme, _, location = uri.partition(":")
     openers = {"tfds": lambda: TfdsSource(location, data_dir),
                "idx": lambda: load_idx_source(_existing_path(location, uri)),
-               "folder": lambda: FolderSource(_existing_path(location, uri), on_bad_image),
+               "folder": lambda: FolderSource(_existing_path(location, uri), on_bad_image, known_files,
+                                              splits, class_names),
                "npz": lambda: load_npz_source(_existing_path(location, uri))}
     if scheme not in openers:
         raise ValueError(f"unknown dataset {uri!r}: expected one of "

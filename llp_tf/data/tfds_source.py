@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from llp_tf.data.base import Source, check_split, resolve_rows
+from llp_tf.data.fingerprint import tfds_fingerprint
 
 
 class TfdsSource(Source):
@@ -35,6 +36,11 @@ class TfdsSource(Source):
 
     def labels(self, split):
         return self._read_labels(check_split(split)).copy()
+
+    def fingerprint(self):
+        info = self._builder.info
+        return tfds_fingerprint(info.name, str(info.version), self._split_names,
+                                {split: len(self._read_labels(split)) for split in self._split_names})
 
     def _read_labels(self, split):
         """All labels of the split, read once in one pass that skips image decoding."""
