@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from llp_tf import analysis
 from llp_tf import features as features_lib
 from llp_tf import propagation_comparison, propagation_sweep
+from llp_tf.tools import cli
 
 flags.DEFINE_string("features", None, "input features file: features [N, D] and labels [N] (true classes)")
 flags.DEFINE_string("workdir", None, "or: a trained run whose memory bank and true labels are the input")
@@ -89,6 +90,7 @@ def main(argv):
     try:
         if bool(FLAGS.features) == bool(FLAGS.workdir):
             raise ValueError("give exactly one of --features and --workdir")
+        cli.check_output_file("output_json", FLAGS.output_json, ".json", inputs=[FLAGS.features])
         methods = propagation_comparison.check_methods(FLAGS.methods)
         sizes = propagation_sweep.parse_sizes(FLAGS.sweep_sizes)
         features, labels = (read_features_file(FLAGS.features) if FLAGS.features

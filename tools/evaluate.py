@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags, logging
 
+from llp_tf.tools import cli
+
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to evaluate; default: the latest")
 flags.DEFINE_string("split", "test", "test (held out) | train (every training example)")
@@ -35,6 +37,7 @@ def main(argv):
 
     output = FLAGS.output or Workdir(FLAGS.workdir).eval_results(FLAGS.split)
     try:
+        cli.check_output_file("output", FLAGS.output, ".json", creates_folder=True)
         results = finished.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
                                                FLAGS.knn_k)
     except (ValueError, FileNotFoundError) as error:

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from llp_tf.tools import cli
+
 flags.DEFINE_string("workdir", None, "the --workdir of a finished llp-train run")
 flags.DEFINE_list("k", ["10", "50"], "K values of the propagation")
 flags.DEFINE_string("output_json", None, "also write the accuracies here")
@@ -74,6 +76,7 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"first_propagation: unexpected arguments {argv[1:]}")
     try:
+        cli.check_output_file("output_json", FLAGS.output_json, ".json")
         results = accuracies(FLAGS.workdir, [int(k) for k in FLAGS.k])
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"first_propagation: {error}")

@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags, logging
 
+from llp_tf.tools import cli
+
 flags.DEFINE_string("workdir", None, "the --workdir of a trained llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to use; default: the latest")
 flags.DEFINE_string("dataset", None, "target data: tfds:NAME | idx:DIR | folder:DIR | npz:FILE")
@@ -47,6 +49,7 @@ def main(argv):
     from llp_tf import transfer  # imports TensorFlow
 
     try:
+        cli.check_output_file("output", FLAGS.output, ".json")
         result = transfer.transfer(
             FLAGS.workdir, FLAGS.dataset, data_dir=FLAGS.data_dir, checkpoint=FLAGS.checkpoint,
             epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
