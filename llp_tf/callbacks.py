@@ -116,7 +116,8 @@ class KnnCallback(keras.callbacks.Callback):
 
 class SummaryCallback(keras.callbacks.Callback):
     """The one writer of TensorBoard summaries: every epoch's logs as scalars, plus the aggregation
-    metric of the bank (paper Fig. 2b-c) and the confidence histogram.
+    metric of the bank (paper Fig. 2b-c) and the histogram of the unlabelled rows' confidences (once
+    they have been propagated: from the switch's propagation on).
 
     The step is the optimizer's iteration count, so curves of runs with different phases and resumed
     runs line up. Keys "val_x" are written as "val/x", keys holding a "/" as they are, others as
@@ -150,7 +151,8 @@ class SummaryCallback(keras.callbacks.Callback):
                 tf.summary.scalar(name, summary[name])
             norms = summary["class_norms"]
             tf.summary.histogram("aggregation/class_norms", norms[np.isfinite(norms)])
-        if self.model.phase == "llp" and (~is_labelled).any():
+        # From the switch's propagation on (it runs before this callback at the warm-up's last epoch end).
+        if (~is_labelled).any() and not state.needs_propagation():
             tf.summary.histogram("propagation/confidence", state.confidences.numpy()[~is_labelled])
 
 

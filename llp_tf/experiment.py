@@ -31,7 +31,8 @@ class Experiment:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
-        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image)
+        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image,
+                                       config.class_names)
         self.selection = data.select_examples(
             self.source.labels("train"), config.labelled_fraction, config.kept_fraction,
             seed=config.split_seed, class_names=self.source.class_names)

@@ -114,6 +114,19 @@ def check_methods(names):
 # Table 5: small subsamples
 
 
+PAPER_CLASSES = 50  # Table 5 draws 50 of ImageNet's classes
+
+
+def default_class_count(labels, images_per_class: int) -> int:
+    """C when none is given: the paper's 50, or, on data with fewer classes of at least
+    `images_per_class` rows (e.g. Fashion-MNIST's 10), all of those."""
+    eligible = int(np.sum(np.bincount(np.asarray(labels)) >= images_per_class))
+    if eligible < 2:
+        raise ValueError(f"fewer than 2 classes have --images_per_class={images_per_class} rows: "
+                         "lower --images_per_class")
+    return min(PAPER_CLASSES, eligible)
+
+
 def draw_subsample(labels, num_classes, images_per_class, labelled_per_class, rng):
     """(rows [C * I] into labels, the C classes drawn (sorted), is_labelled [C * I]): C random classes
     with at least I rows, I random rows of each, the first `labelled_per_class` of each labelled."""

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import distribute, evaluation, propagation
+from llp_tf import console, distribute, evaluation, propagation
 from llp_tf.callbacks import (KnnCallback, PropagationCallback, RecordAtEpochEnd, SummaryCallback,
                               pseudo_label_accuracy)
 from llp_tf.config import TrainConfig
@@ -44,15 +44,20 @@ def train(config: TrainConfig) -> dict:
     multi_worker = isinstance(experiment.strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with stop_on_signals(enabled=not multi_worker) as stop_request:
         callbacks, propagator = make_callbacks(experiment, stop_request, resume_at)
+        verbose = console.keras_verbose(config)
+        num_labelled = int(experiment.selection.is_labelled.sum())
         for phase, first, last in phase_plan(config, resume_at[0]):
             experiment.model.phase = phase
+            if chief:
+                console.say(console.phase_line(phase, first, last, config, experiment.num_classes,
+                                               num_labelled))
             for epoch in range(first, last):
                 skip = resume_at[1] if epoch == resume_at[0] else 0
                 batches = experiment.train_dataset(epoch, skip, labelled_only=phase == "supervised")
                 experiment.model.fit(
                     batches, initial_epoch=epoch, epochs=config.epochs,
                     steps_per_epoch=experiment.steps_per_epoch - skip, validation_data=validation,
-                    callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
     metrics = final_metrics(experiment, propagator)
     metrics["wall_seconds"] = time.time() - started
     if config.state_dump:
@@ -76,8 +81,8 @@ def configure_process(config: TrainConfig):
 
 
 def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
-    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, guard; the
-    propagation callback or None)."""
+    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, Keras's epoch
+    line, the console's propagation line, guard; the propagation callback or None)."""
     config = experiment.config
     stop_request = stop_request or StopRequest()
     propagator = None
@@ -99,6 +104,8 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
     if distribute.is_chief(experiment.strategy):
         callbacks.append(SummaryCallback(experiment.workdir.tensorboard, experiment.num_classes,
                                          experiment.selection.labels))
+        # Given here, Keras's progress logger ends the epoch's line before the propagation's is printed.
+        callbacks += [keras.callbacks.ProgbarLogger(), console.NarrationCallback(propagator)]
     callbacks.append(GuardCallback(experiment, propagator, stop_request, resume_at))
     return ([propagator] if propagator else []) + callbacks, propagator
 

@@ -224,6 +224,47 @@ def test_real_fashion_mnist():
     assert len(source.labels("train")) == 60000 and len(source.labels("test")) == 10000
     assert np.all(np.bincount(source.labels("train")) == 6000)
     assert source.image_shape == (28, 28, 1)
+    assert source.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                  "Sneaker", "Bag", "Ankle boot"]
+
+
+def labels_with(first, counts, seed=0):
+    """Labels that start with `first` and hold counts[c] of each class c, the rest shuffled."""
+    pool = np.repeat(np.arange(len(counts)), counts)
+    for label in first:
+        pool = np.delete(pool, np.flatnonzero(pool == label)[0])
+    return np.concatenate([first, np.random.default_rng(seed).permutation(pool)]).astype(np.uint8)
+
+
+def test_idx_label_files_are_recognised_by_content():
+    """MNIST's label files (their class counts and first labels) get the digits as names, and
+    Fashion-MNIST's its names (test_real_fashion_mnist); the same labels in another order, or other
+    counts, are not recognised (the classes keep their numbers)."""
+    train = labels_with([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5],
+                        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+    test = labels_with([7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6], [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                                             1009, 974])
+    assert data.arrays.known_idx_class_names(train, test) == [str(d) for d in range(10)]
+    assert data.arrays.known_idx_class_names(train[::-1], test) is None
+    assert data.arrays.known_idx_class_names(train, test[:-1]) is None
+    fashion = labels_with([9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9], [6000] * 10)
+    fashion_test = labels_with([9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5], [1000] * 10)
+    assert data.arrays.known_idx_class_names(fashion, fashion_test)[9] == "Ankle boot"
+    assert data.arrays.known_idx_class_names(fashion, test) is None
+
+
+def test_class_names_given_replace_the_sources_own(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=[0, 1, 2, 0],
+             x_test=np.zeros((2, 5, 5), np.uint8), y_test=[1, 2], class_names=["ant", "bee", "cow"])
+    assert data.load_source(f"npz:{tmp_path}/d.npz").class_names == ["ant", "bee", "cow"]
+    renamed = data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", " gnu ", "yak"))
+    assert renamed.class_names == ["fly", "gnu", "yak"]
+    with pytest.raises(ValueError, match="--class_names gives 2 names but npz:.* has 3 classes: give 3"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "gnu"))
+    with pytest.raises(ValueError, match="repeats fly"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "gnu", "fly"))
+    with pytest.raises(ValueError, match="empty name at position 1"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "", "yak"))
 
 
 # ---------------------------------------------------------------------------------------------

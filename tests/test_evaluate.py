@@ -157,3 +157,17 @@ def test_top5_and_one_pass_on_many_classes():
     unit = tf.math.l2_normalize(logits[:, :4], axis=1).numpy()
     assert results["knn_top1"] == evaluation.knn_top1(state, unit, labels, num_classes, k=3, tau=0.1)
     assert results["knn_k"] == 3 and results["per_class_accuracy"][7]["name"] == "c7"
+
+
+def test_evaluation_traces_once_per_model_not_once_per_call():
+    """Every epoch's kNN evaluation reuses the model's traced step (a new tf.function per call was
+    traced anew each epoch, and TensorFlow warned of retracing in every run)."""
+    rng = np.random.default_rng(0)
+    model = _StandIn(8, None)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(32, 8)).astype(np.float32), np.zeros(32, np.int64), np.arange(32))).batch(16)
+    for _ in range(3):
+        evaluation.embed_and_classify(model, dataset)
+    step = evaluation._evaluation_step(model, evaluation.TOP_K)
+    assert step.experimental_get_tracing_count() == 1
+    assert evaluation._evaluation_step(_StandIn(8, None), evaluation.TOP_K) is not step

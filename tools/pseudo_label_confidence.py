@@ -11,13 +11,19 @@ evidence for choosing --confidence_threshold.
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to read; default: the latest")
 flags.DEFINE_list("thresholds", ["0", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"], "confidence thresholds")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "checkpoint"]),
+    ("Table", ["thresholds"]),
+]
 
 
 def coverage_and_accuracy(labels, confidences, true_labels, thresholds):
@@ -53,5 +59,9 @@ def main(argv):
         print(f"| {threshold:g} | {100 * share:.1f}% | {100 * accuracy:.2f}% |")
 
 
+def run():
+    cli.run(main, "tools/pseudo_label_confidence.py", __doc__, FLAG_GROUPS)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -11,11 +11,29 @@ import json
 import sys
 import typing
 
-from absl import app, flags
+from absl import flags
 
 from llp_tf.config import TrainConfig
+from llp_tf.tools import cli
 
 FLAGS = flags.FLAGS
+# --help's groups; a TrainConfig field named in none of them is listed under "Other".
+FLAG_GROUPS = [
+    ("Data", ["dataset", "data_dir", "class_names", "on_bad_image", "image_size", "labelled_fraction",
+              "kept_fraction", "split_seed", "augment", "random_flip", "color_jitter", "random_grayscale",
+              "crop_area_min"]),
+    ("Method", ["method", "backbone", "width", "embedding_dim", "tau", "bank_momentum", "bank_init", "k",
+                "t", "use_density", "density_include_self", "use_confidence", "use_category_loss"]),
+    ("Method, departures from the paper (off by default)", [
+        "labelled_per_batch", "warmup_category_loss", "confidence_threshold", "refresh_bank",
+        "init_from"]),
+    ("Schedule", ["epochs", "warmup", "warmup_epochs", "instance_epochs", "steps_per_epoch", "batch_size",
+                  "learning_rate", "lr_drop_epochs", "lr_drop_factor", "lr_values", "momentum",
+                  "weight_decay", "seed", "deterministic"]),
+    ("Outputs", ["workdir", "verbose", "keep_checkpoints", "eval_knn_k", "state_dump"]),
+    ("Hardware", ["strategy", "cpu_replicas", "mixed_precision", "jit_compile", "propagation_query_rows",
+                  "propagation_key_rows"]),
+]
 
 
 def define_config_flags(flag_values=FLAGS):
@@ -68,7 +86,7 @@ def main(argv):
 
 def run():
     define_config_flags()
-    app.run(main)
+    cli.run(main, "llp-train", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":
