@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from llp_tf import console
 from llp_tf.analysis import plots
 from llp_tf.config import TrainConfig
 from llp_tf.tools import cli
@@ -106,12 +107,12 @@ def named_run(tmp_path_factory):
 def test_console_tells_each_phase_and_each_propagation(named_run):
     _, result = named_run
     lines = result.stdout.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("Instance recognition (warm-up), epoch 1 "
-                                                                        "of 2:"))
+    starts = lambda text: next(i for i, line in enumerate(lines) if line.startswith(text))  # noqa: E731
+    first = starts("Instance recognition (warm-up), epoch 1 of 2:")
     assert "the classifier is not trained in this phase, so val_top1 stays at chance" in lines[first]
     propagations = [i for i, line in enumerate(lines) if line.startswith("Propagation after epoch")]
     assert len(propagations) == 2  # the switch's, then the LLP epoch's
-    llp = next(i for i, line in enumerate(lines) if line.startswith("LLP, epoch 2 of 2:"))
+    llp = starts("LLP, epoch 2 of 2:")
     epoch_ends = [i for i, line in enumerate(lines) if re.match(r"5/5 - ", line)]
     assert first < epoch_ends[0] < propagations[0] < llp < epoch_ends[1] < propagations[1]
     for i in propagations:
@@ -149,8 +150,8 @@ def test_class_names_reach_eval_export_and_analyze(named_run, tmp_path):
 
 def test_class_names_flag_renames_and_a_wrong_count_is_one_line(tmp_path):
     path = write_npz(tmp_path / "plain.npz")
-    result = run_quiet_by_default("llp_tf.tools.train", f"--dataset=npz:{path}", f"--workdir={tmp_path / 'w'}",
-                                  *TINY, "--class_names=a,b,c")
+    result = run_quiet_by_default("llp_tf.tools.train", f"--dataset=npz:{path}",
+                                  f"--workdir={tmp_path / 'w'}", *TINY, "--class_names=a,b,c")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"llp-train: --class_names gives 3 names but npz:{path} has 4 classes: give 4 comma-separated "
@@ -163,8 +164,8 @@ def test_llp_propagate_reports_t_only_for_llp(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.where(rng.random(60) < 0.3, np.arange(60) % 3, -1)
     np.savez(tmp_path / "f.npz", features=rng.normal(size=(60, 8)).astype(np.float32), labels=labels)
-    knn = run_tool("llp_tf.tools.propagate", f"--features={tmp_path / 'f.npz'}", f"--output={tmp_path / 'o.npz'}",
-                   "--method=knn", "--k=3")
+    knn = run_tool("llp_tf.tools.propagate", f"--features={tmp_path / 'f.npz'}",
+                   f"--output={tmp_path / 'o.npz'}", "--method=knn", "--k=3")
     assert "(knn, K=3, tau=0.07)" in knn.stdout and "T=" not in knn.stdout
 
 
@@ -174,3 +175,30 @@ def test_mds_class_colours_are_never_the_sub_cluster_colours():
     for count in (3, 8, 12):
         chosen = [colors.to_rgba(c) for c in plots.class_colours(count)]
         assert len(set(chosen)) == count and not clusters & set(chosen)
+
+
+def test_verbose_auto_is_a_progress_bar_on_a_terminal_and_a_line_per_epoch_otherwise():
+    assert TrainConfig(verbose="auto").keras_verbose(is_terminal=True) == 1
+    assert TrainConfig(verbose="auto").keras_verbose(is_terminal=False) == 2
+    assert [TrainConfig(verbose=v).keras_verbose(True) for v in ("0", "1", "2", 0)] == [0, 1, 2, 0]
+    with pytest.raises(ValueError, match="--verbose must be one of auto, 0, 1, 2, got '3'"):
+        TrainConfig(dataset="npz:x", workdir="w", verbose="3").validate()
+
+
+@pytest.mark.parametrize("settings, phase, epochs, expected", [
+    ({}, "instance", (0, 2), r"Instance recognition \(warm-up\), epochs 1-2 of 10: .* the classifier is not "
+     r"trained in this phase, so val_top1 stays at chance \(about 10%\)\. The first propagation comes at "
+     "the end of epoch 2"),
+    ({"warmup_category_loss": True}, "instance", (0, 2),
+     "the classifier learns from the batch's labelled images"),
+    ({"warmup": "supervised"}, "supervised", (0, 2),
+     "Supervised warm-up, epochs 1-2 of 10: the network trains on the 60 labelled images alone; at the "
+     "end of epoch 2 the bank is refilled"),
+    ({}, "llp", (2, 10), "LLP, epochs 3-10 of 10: .* after every epoch a propagation"),
+    ({"method": "two_stage"}, "llp", (2, 10), "Two-stage baseline, epochs 3-10 of 10: .* stay fixed"),
+    ({"method": "supervised"}, "supervised", (0, 10),
+     "Supervised baseline, epochs 1-10 of 10: .* no propagation"),
+])
+def test_each_phase_line_says_what_trains(settings, phase, epochs, expected):
+    config = TrainConfig(dataset="npz:x", workdir="w", warmup_epochs=2, **settings)
+    assert re.search(expected, console.phase_line(phase, *epochs, config, 10, 60))
