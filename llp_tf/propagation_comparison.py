@@ -92,8 +92,8 @@ def load_libraries(method):
     if "tensorflow" in method.libraries:
         import tensorflow as tf
         tf.math.top_k(tf.matmul(tf.ones([4, 4]), tf.ones([4, 4])), k=2)
-        # The propagation's XLA functions: XLA's CPU runtime reserves about 0.8 GiB of address space
-        # when it starts, which is start-up, not the method's memory.
+        # The propagation's XLA functions: XLA's CPU runtime reserves a large block of address space
+        # when it starts (BUILD.md), which is start-up, not the method's memory.
         tf.function(lambda x: x + 1, jit_compile=True)(tf.ones([2]))
 
 

@@ -58,7 +58,7 @@ def test_figures_and_summary_of_a_finished_run(analysed):
     # Per-class norms: in [0, 1] and those of the restored bank with the true labels.
     from llp_tf import finished
     model, run = finished.restore_model(str(workdir))
-    want = aggregation.class_mean_norms(model.state.bank, run.selection.labels, run.num_classes)
+    want = aggregation.class_mean_norms(model.state.bank, run.selection.true_labels, run.num_classes)
     norms = np.array(summary["class_norms"], np.float64)
     assert ((norms >= 0) & (norms <= 1)).all()
     np.testing.assert_allclose(norms, want, rtol=1e-6)

@@ -222,7 +222,7 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
     assert np.abs(bank - random_bank).max() > 0.1
     state = run.model.state
     expected = reference.propagate(embeddings.astype(np.float64), state.is_labelled.numpy(),
-                                   np.where(state.is_labelled.numpy(), run.selection.labels, -1),
+                                   np.where(state.is_labelled.numpy(), run.selection.true_labels, -1),
                                    run.num_classes, k=5, t=10, tau=config.tau, use_density=True,
                                    include_self=False)
     np.testing.assert_array_equal(state.labels.numpy(), expected["labels"])
@@ -356,7 +356,7 @@ def test_pseudo_label_confidence_table(tiny_llp_run):
     unlabelled = [row for row in range(len(labels)) if not is_labelled[row]]
     for threshold in (0, 0.5, 0.9):
         kept = [row for row in unlabelled if confidences[row] >= threshold]
-        right = sum(labels[row] == run.selection.labels[row] for row in kept)
+        right = sum(labels[row] == run.selection.true_labels[row] for row in kept)
         assert printed[threshold][0] == pytest.approx(100 * len(kept) / len(unlabelled), abs=0.05)
         assert float(printed[threshold][1]) == pytest.approx(100 * right / len(kept), abs=0.005)
     assert printed[0][0] == 100.0 and printed[1.01] == (0.0, "nan")  # confidences are at most 1
