@@ -17,13 +17,16 @@ from tests.conftest import ROOT, TINY, run_tool, scalar_series
 from tests.datasets import write_npz
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))),
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))
+                                       + glob.glob(os.path.join(ROOT, "flags", "paper", "*.cfg"))),
                          ids=os.path.basename)
 def test_flagfile_parses_into_a_valid_config(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # nested --flagfile lines are relative to the repository root
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
-    flag_values(["llp-train", f"--flagfile={path}", "--workdir=/tmp/unused"])
+    # flags/recommended.cfg leaves the dataset to the user's command line
+    dataset = [] if "--dataset=" in open(path).read() else ["--dataset=folder:/tmp/yours"]
+    flag_values(["llp-train", f"--flagfile={path}", *dataset, "--workdir=/tmp/unused"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
     assert config.dataset
@@ -100,7 +103,7 @@ def test_ablation_flagfile_sets_only_its_switches(path, monkeypatch):
     for extra in ([], [f"--flagfile={path}"]):
         flag_values = flags.FlagValues()
         train_tool.define_config_flags(flag_values)
-        flag_values(["llp-train", "--flagfile=flags/fashion_mnist_1pct.cfg", *extra, "--workdir=/tmp/x"])
+        flag_values(["llp-train", "--flagfile=flags/paper/fashion_mnist_1pct.cfg", *extra, "--workdir=/tmp/x"])
         configs.append(train_tool.config_from_flags(flag_values))
     configs[1].validate()
     changed = {name for name, value in vars(configs[1]).items() if getattr(configs[0], name) != value}
@@ -114,7 +117,7 @@ def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
-    flag_values(["llp-train", "--flagfile=flags/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
+    flag_values(["llp-train", "--flagfile=flags/paper/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
                  "--init_from=/tmp/x", "--workdir=/tmp/y"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
