@@ -25,7 +25,8 @@ def test_flagfile_parses_into_a_valid_config(path, monkeypatch):
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
     # flags/recommended.cfg leaves the dataset to the user's command line
-    dataset = [] if "--dataset=" in open(path).read() else ["--dataset=folder:/tmp/yours"]
+    given = [line for line in open(path) if line.startswith("--dataset=")]  # comments do not count
+    dataset = [] if given else ["--dataset=folder:/tmp/yours"]
     flag_values(["llp-train", f"--flagfile={path}", *dataset, "--workdir=/tmp/unused"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
