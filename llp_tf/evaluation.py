@@ -10,7 +10,8 @@ import tensorflow as tf
 from llp_tf import propagation
 
 
-def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau, chunks=propagation.Chunks()):
+def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau,
+                block_sizes=propagation.BlockSizes()):
     """Weighted-kNN labels of queries against labelled bank rows (the plain vote of Eq. 5-6)."""
     k = min(k, len(bank_rows))
     stacked = tf.concat([tf.convert_to_tensor(bank_rows, tf.float32),
@@ -18,7 +19,7 @@ def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau, chunks=pro
     key_rows = tf.range(len(bank_rows))
     query_rows = tf.range(len(bank_rows), len(bank_rows) + len(queries))
     predicted, _ = propagation.classify_by_neighbours(
-        stacked, query_rows, key_rows, bank_labels, num_classes, k, tau, chunks=chunks)
+        stacked, query_rows, key_rows, bank_labels, num_classes, k, tau, block_sizes=block_sizes)
     return predicted.numpy()
 
 

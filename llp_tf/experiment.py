@@ -60,7 +60,7 @@ class Experiment:
         config = self.config
         input_shape = (self.image_size, self.image_size, self.source.channels)
         backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
-        state = LLPState(self.selection.is_labelled, self.selection.labels, config.embedding_dim,
+        state = LLPState(self.selection.is_labelled, self.selection.true_labels, config.embedding_dim,
                          seed=config.seed)
         model = LLPModel(backbone, self.num_classes, state, tau=config.tau,
                          bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,

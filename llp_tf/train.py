@@ -90,8 +90,8 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
         propagator = PropagationCallback(
             experiment.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
             include_self=config.density_include_self,
-            chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
-            hidden_labels=experiment.selection.labels, first_epoch=config.warmup_epochs,
+            block_sizes=propagation.BlockSizes(config.propagation_query_rows, config.propagation_key_rows),
+            true_labels=experiment.selection.true_labels, first_epoch=config.warmup_epochs,
             repeat=config.method == "llp",
             refresh_bank=experiment.fill_bank if config.refresh_bank else None,
             # After a supervised warm-up the bank holds only the labelled rows' embeddings: refill it
@@ -103,7 +103,7 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
                  CheckpointCallback(experiment, propagator)]
     if distribute.is_chief(experiment.strategy):
         callbacks.append(SummaryCallback(experiment.workdir.tensorboard, experiment.num_classes,
-                                         experiment.selection.labels))
+                                         experiment.selection.true_labels))
         # Given here, Keras's progress logger ends the epoch's line before the propagation's is printed.
         callbacks += [keras.callbacks.ProgbarLogger(), console.NarrationCallback(propagator)]
     callbacks.append(GuardCallback(experiment, propagator, stop_request, resume_at))
@@ -150,7 +150,7 @@ def final_metrics(experiment: Experiment, propagator) -> dict:
     }
     if config.method != "supervised":
         metrics["pseudo_label_accuracy"] = pseudo_label_accuracy(
-            state.labels.numpy(), experiment.selection.labels, is_labelled)
+            state.labels.numpy(), experiment.selection.true_labels, is_labelled)
         metrics["pseudo_label_accuracy_history"] = propagation_history(experiment, propagator)
     return metrics
 

@@ -10,6 +10,8 @@ import pytest
 from llp_tf import propagation, propagation_comparison
 from tests.conftest import run_tool
 
+pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
+
 TOOL = "llp_tf.tools.compare_propagation"
 ALL_METHODS = ("llp", "knn", "label_spreading_knn", "label_spreading_rbf", "label_propagation_knn",
                "label_propagation_rbf", "diffusion")

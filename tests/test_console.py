@@ -45,6 +45,7 @@ def run_quiet_by_default(module, *args):
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", sorted(PROGRAMS))
 def test_help_lists_the_programs_own_flags_and_exits_0(module):
     result = run_tool(module, "--help")  # raises unless the exit status is 0
@@ -54,6 +55,7 @@ def test_help_lists_the_programs_own_flags_and_exits_0(module):
     assert result.stderr == ""  # no TensorFlow imported before --help answers
 
 
+@pytest.mark.slow
 def test_llp_train_help_groups_every_setting_once():
     result = run_tool("llp_tf.tools.train", "-h")
     titles = re.findall(r"^(\S[^:\n]*):$", result.stdout, re.M)
@@ -77,6 +79,7 @@ def test_help_lists_a_flag_no_group_names_under_other():
     assert text.index("Main:\n  --grouped (default: 3)") < text.index("Other:\n  --forgotten (default: none)")
 
 
+@pytest.mark.slow
 def test_an_error_still_reaches_standard_error_and_verbosity_1_shows_tensorflow(tmp_path):
     missing = tmp_path / "no_such_run"
     quiet = run_quiet_by_default("llp_tf.tools.evaluate", f"--workdir={missing}")
@@ -104,6 +107,7 @@ def named_run(tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_console_tells_each_phase_and_each_propagation(named_run):
     _, result = named_run
     lines = result.stdout.splitlines()
@@ -121,6 +125,7 @@ def test_console_tells_each_phase_and_each_propagation(named_run):
     assert re.search(r"432 of 432 pseudo-labels changed \(100\.0%\)", lines[propagations[0]])
 
 
+@pytest.mark.slow
 def test_standard_error_of_a_run_is_free_of_tensorflow_noise(named_run):
     _, result = named_run
     assert not NOISE.search(result.stderr), result.stderr
@@ -128,6 +133,7 @@ def test_standard_error_of_a_run_is_free_of_tensorflow_noise(named_run):
     assert "retracing" not in result.stderr
 
 
+@pytest.mark.slow
 def test_confidence_histogram_from_the_switch_on(named_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     workdir, _ = named_run
@@ -136,6 +142,7 @@ def test_confidence_histogram_from_the_switch_on(named_run):
     assert len(events.Tensors("propagation/confidence")) == 2  # the switch's propagation, then epoch 2's
 
 
+@pytest.mark.slow
 def test_class_names_reach_eval_export_and_analyze(named_run, tmp_path):
     workdir, _ = named_run
     run_tool("llp_tf.tools.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'eval.json'}")
@@ -148,6 +155,7 @@ def test_class_names_reach_eval_export_and_analyze(named_run, tmp_path):
     assert json.loads((tmp_path / "analysis" / "summary.json").read_text())["class_names"] == NAMES
 
 
+@pytest.mark.slow
 def test_class_names_flag_renames_and_a_wrong_count_is_one_line(tmp_path):
     path = write_npz(tmp_path / "plain.npz")
     result = run_quiet_by_default("llp_tf.tools.train", f"--dataset=npz:{path}",
@@ -160,6 +168,7 @@ def test_class_names_flag_renames_and_a_wrong_count_is_one_line(tmp_path):
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_llp_propagate_reports_t_only_for_llp(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.where(rng.random(60) < 0.3, np.arange(60) % 3, -1)

@@ -215,7 +215,7 @@ def test_tfds_source_with_mock_data():
         selection = data.select_examples(labels, 1.0)
         batch = next(iter(data.train_dataset(source, selection, 4, 24)))
         assert batch[0].shape == (4, 24, 24, 1)
-        np.testing.assert_array_equal(batch[1], selection.labels[batch[2].numpy()])
+        np.testing.assert_array_equal(batch[1], selection.true_labels[batch[2].numpy()])
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST idx files not installed")
@@ -278,10 +278,10 @@ def unbalanced_labels():
 def test_selection_is_class_balanced():
     labels = unbalanced_labels()
     selection = data.select_examples(labels, 0.1)
-    counts = np.bincount(selection.labels[selection.is_labelled], minlength=4)
+    counts = np.bincount(selection.true_labels[selection.is_labelled], minlength=4)
     np.testing.assert_array_equal(counts, [10, 6, 3, 1])
     assert len(selection.rows) == len(labels)  # q = 1 keeps everything
-    np.testing.assert_array_equal(selection.labels, labels[selection.rows])
+    np.testing.assert_array_equal(selection.true_labels, labels[selection.rows])
 
 
 def test_selection_keeps_all_labelled_under_partial_q():
@@ -341,7 +341,7 @@ def test_train_dataset_batches():
     all_indices = np.concatenate([b[2] for b in batches])
     np.testing.assert_array_equal(np.sort(all_indices), np.arange(40))  # each bank row once
     for _, labels, indices in batches:
-        np.testing.assert_array_equal(labels, selection.labels[indices])
+        np.testing.assert_array_equal(labels, selection.true_labels[indices])
 
 
 def test_train_dataset_drops_the_remainder_reshuffles_each_pass_and_repeats_on_each_iteration():
@@ -480,7 +480,7 @@ def test_train_dataset_on_a_folder_of_mixed_sizes(tmp_path):
     selection = data.select_examples(source.labels("train"), 0.5, class_names=source.class_names)
     images, labels, indices = next(iter(data.train_dataset(source, selection, 4, 16)))
     assert images.shape == (4, 16, 16, 3)
-    np.testing.assert_array_equal(labels, selection.labels[indices.numpy()])
+    np.testing.assert_array_equal(labels, selection.true_labels[indices.numpy()])
 
 
 def test_eval_dataset_keeps_order_and_remainder():

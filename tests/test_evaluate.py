@@ -35,6 +35,7 @@ def results(trained):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_agrees_with_the_metrics_of_training(trained, results):
     _, workdir, metrics, stdout = trained
     assert results["checkpoint"] == os.path.join(workdir, "checkpoints", "ckpt-2")
@@ -46,6 +47,7 @@ def test_agrees_with_the_metrics_of_training(trained, results):
     assert "ckpt-2" in stdout and "top1" in stdout and "eval_test.json" in stdout
 
 
+@pytest.mark.slow
 def test_confusion_matrix_and_per_class_accuracy(trained, results):
     npz, _, _, _ = trained
     matrix = np.array(results["confusion_matrix"])
@@ -63,6 +65,7 @@ def test_confusion_matrix_and_per_class_accuracy(trained, results):
         np.testing.assert_allclose(entry["accuracy"], matrix[c, c] / true_counts[c], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_an_earlier_checkpoint_gives_its_epoch(trained, tmp_path):
     _, workdir, _, _ = trained
     earlier = os.path.join(workdir, "checkpoints", "ckpt-1")
@@ -76,6 +79,7 @@ def test_an_earlier_checkpoint_gives_its_epoch(trained, tmp_path):
     np.testing.assert_allclose(results["top1"], val_top1[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
     """--knn_k=1 (the paper's ablation metric): the label of the most similar labelled bank row, by a
     float64 reference on the restored model's test embeddings."""
@@ -98,6 +102,7 @@ def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
         finished.evaluate_workdir(workdir, knn_k=0)
 
 
+@pytest.mark.slow
 def test_training_split(trained):
     npz, workdir, _, _ = trained
     results = finished.evaluate_workdir(workdir, split="train")
@@ -109,6 +114,7 @@ def test_training_split(trained):
     assert 0.0 <= results["top1"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_clear_errors(trained, tmp_path):
     _, workdir, _, _ = trained
     result = run_tool("llp_tf.tools.evaluate", f"--workdir={tmp_path / 'missing'}", check=False)

@@ -51,7 +51,7 @@ def main(argv):
         result = propagation.propagate(
             features, labels >= 0, labels, num_classes, k=FLAGS.k, t=FLAGS.t, tau=FLAGS.tau,
             use_density=FLAGS.method == "llp", include_self=FLAGS.density_include_self,
-            chunks=propagation.Chunks(FLAGS.query_rows, FLAGS.key_rows))
+            block_sizes=propagation.BlockSizes(FLAGS.query_rows, FLAGS.key_rows))
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-propagate: {error}")
     np.savez(FLAGS.output, pseudo_labels=result.labels.astype(np.int64),

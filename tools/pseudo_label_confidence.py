@@ -5,8 +5,8 @@
 
 Restores the run's state (its latest checkpoint, or --checkpoint) and prints, for each threshold, the
 share of unlabelled examples whose pseudo-label confidence reaches it and how many of those labels are
-right (the hidden labels are read only here, as in metrics.json's pseudo_label_accuracy). This is the
-evidence for choosing --confidence_threshold.
+right (the true labels of the unlabelled pool are read only here, as in metrics.json's
+pseudo_label_accuracy). This is the evidence for choosing --confidence_threshold.
 """
 import sys
 
@@ -50,7 +50,7 @@ def main(argv):
     state = model.state
     unlabelled = ~state.is_labelled.numpy()
     labels, confidences = state.labels.numpy()[unlabelled], state.confidences.numpy()[unlabelled]
-    true_labels = np.asarray(experiment.selection.labels)[unlabelled]
+    true_labels = np.asarray(experiment.selection.true_labels)[unlabelled]
     print(f"{FLAGS.workdir} after epoch {int(state.completed_epochs.numpy())}: {unlabelled.sum()} unlabelled, "
           f"confidence quantiles 10/25/50%: {np.round(np.quantile(confidences, [0.1, 0.25, 0.5]), 3)}")
     print("| confidence at least | share of unlabelled | pseudo-label accuracy |\n|---|---|---|")

@@ -1,6 +1,6 @@
 """llp-train: trains LLP (or the supervised baseline) from absl flags; reruns resume.
 
-  llp-train --flagfile=flags/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
+  llp-train --flagfile=flags/paper/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
 
 SIGTERM or SIGINT: a checkpoint of the current step, then exit status 128 + the signal (143, 130); the
 rerun continues with the next step. A non-finite loss or a failed checkpoint write (a full disk): exit
@@ -82,6 +82,18 @@ def main(argv):
         sys.exit(f"llp-train: {error}")
     print(json.dumps(metrics, indent=2))
     print(f"metrics written to {Workdir(config.workdir).metrics}")
+    print(outcome(metrics))
+
+
+def outcome(metrics) -> str:
+    """The run's result in one line: after a supervised warm-up, the test top-1 the labels alone gave
+    beside the final one."""
+    final = f"test top-1 {100 * metrics['val_top1']:.2f}%"
+    if metrics.get("warmup") == "supervised" and metrics.get("warmup_val_top1") is not None:
+        return (f"test top-1 after the supervised warm-up (labels alone): "
+                f"{100 * metrics['warmup_val_top1']:.2f}%; after LLP: {100 * metrics['val_top1']:.2f}% "
+                "(the fair baseline: the same flags with --method=supervised)")
+    return final
 
 
 def run():
