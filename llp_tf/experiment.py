@@ -31,7 +31,8 @@ class Experiment:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
-        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image)
+        self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image,
+                                       config.class_names)
         self.selection = data.select_examples(
             self.source.labels("train"), config.labelled_fraction, config.kept_fraction,
             seed=config.split_seed, class_names=self.source.class_names)
@@ -59,7 +60,7 @@ class Experiment:
         config = self.config
         input_shape = (self.image_size, self.image_size, self.source.channels)
         backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
-        state = LLPState(self.selection.is_labelled, self.selection.labels, config.embedding_dim,
+        state = LLPState(self.selection.is_labelled, self.selection.true_labels, config.embedding_dim,
                          seed=config.seed)
         model = LLPModel(backbone, self.num_classes, state, tau=config.tau,
                          bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,

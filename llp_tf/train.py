@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import distribute, evaluation, propagation
+from llp_tf import console, distribute, evaluation, propagation
 from llp_tf.callbacks import (KnnCallback, PropagationCallback, RecordAtEpochEnd, SummaryCallback,
                               pseudo_label_accuracy)
 from llp_tf.config import TrainConfig
@@ -46,15 +46,20 @@ def train(config: TrainConfig) -> dict:
     multi_worker = isinstance(experiment.strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with stop_on_signals(enabled=not multi_worker) as stop_request:
         callbacks, propagator = make_callbacks(experiment, stop_request, resume_at)
+        verbose = console.keras_verbose(config)
+        num_labelled = int(experiment.selection.is_labelled.sum())
         for phase, first, last in phase_plan(config, resume_at[0]):
             experiment.model.phase = phase
+            if chief:
+                console.say(console.phase_line(phase, first, last, config, experiment.num_classes,
+                                               num_labelled))
             for epoch in range(first, last):
                 skip = resume_at[1] if epoch == resume_at[0] else 0
                 batches = experiment.train_dataset(epoch, skip, labelled_only=phase == "supervised")
                 experiment.model.fit(
                     batches, initial_epoch=epoch, epochs=config.epochs,
                     steps_per_epoch=experiment.steps_per_epoch - skip, validation_data=validation,
-                    callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
     metrics = final_metrics(experiment, propagator)
     metrics["wall_seconds"] = time.time() - started
     if config.state_dump:
@@ -77,8 +82,8 @@ def configure_process(config: TrainConfig):
 
 
 def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
-    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, guard; the
-    propagation callback or None)."""
+    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, Keras's epoch
+    line, the console's propagation line, guard; the propagation callback or None)."""
     config = experiment.config
     stop_request = stop_request or StopRequest()
     propagator = None
@@ -86,8 +91,8 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
         propagator = PropagationCallback(
             experiment.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
             include_self=config.density_include_self,
-            chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
-            hidden_labels=experiment.selection.labels, first_epoch=config.warmup_epochs,
+            block_sizes=propagation.BlockSizes(config.propagation_query_rows, config.propagation_key_rows),
+            true_labels=experiment.selection.true_labels, first_epoch=config.warmup_epochs,
             repeat=config.method == "llp",
             refresh_bank=experiment.fill_bank if config.refresh_bank else None,
             # After a supervised warm-up the bank holds only the labelled rows' embeddings: refill it
@@ -99,7 +104,9 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
                  CheckpointCallback(experiment, propagator)]
     if distribute.is_chief(experiment.strategy):
         callbacks.append(SummaryCallback(experiment.workdir.tensorboard, experiment.num_classes,
-                                         experiment.selection.labels))
+                                         experiment.selection.true_labels))
+        # Given here, Keras's progress logger ends the epoch's line before the propagation's is printed.
+        callbacks += [keras.callbacks.ProgbarLogger(), console.NarrationCallback(propagator)]
     callbacks.append(GuardCallback(experiment, propagator, stop_request, resume_at))
     return ([propagator] if propagator else []) + callbacks, propagator
 
@@ -144,7 +151,7 @@ def final_metrics(experiment: Experiment, propagator) -> dict:
     }
     if config.method != "supervised":
         metrics["pseudo_label_accuracy"] = pseudo_label_accuracy(
-            state.labels.numpy(), experiment.selection.labels, is_labelled)
+            state.labels.numpy(), experiment.selection.true_labels, is_labelled)
         metrics["pseudo_label_accuracy_history"] = propagation_history(experiment, propagator)
     return metrics
 

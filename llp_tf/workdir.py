@@ -135,6 +135,7 @@ class Workdir:
         if unknown:
             logging.warning("%s: ignoring settings this version does not know: %s", path, unknown)
         values = {key: value for key, value in values.items() if key in known}
-        if values.get("lr_drop_epochs") is not None:
-            values["lr_drop_epochs"] = tuple(values["lr_drop_epochs"])
+        for field in dataclasses.fields(TrainConfig):  # JSON gives lists for the tuple settings
+            if isinstance(field.default, tuple) and isinstance(values.get(field.name), list):
+                values[field.name] = tuple(values[field.name])
         return TrainConfig(**values)

@@ -172,6 +172,7 @@ def test_an_output_in_a_folder_this_user_cannot_write_is_refused(tmp_path):
 # The programs: one line, no stack trace, nothing written
 
 
+@pytest.mark.slow
 def test_the_programs_answer_each_bad_path_in_one_line(tmp_path):
     features = tmp_path / "features.npz"
     rng = np.random.default_rng(0)

@@ -15,6 +15,8 @@ from llp_tf import finished
 from llp_tf.data import preprocess_for_eval
 from tests.conftest import TINY, run_tool
 
+pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
+
 NUM_TRAIN, SIZE, NUM_CLASSES = 480, 12, 4  # the session's tiny dataset (tests.datasets.write_npz)
 ATOL = 1e-5
 

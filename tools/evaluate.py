@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from llp_tf.tools import cli
 
@@ -25,6 +25,11 @@ flags.DEFINE_integer("knn_k", None, "neighbours of knn_top1; default: the run's 
 flags.DEFINE_string("output", None, "JSON file to write; default: WORKDIR/eval_<split>.json")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "checkpoint", "split"]),
+    ("Evaluation", ["knn_k"]),
+    ("Output", ["output"]),
+]
 
 
 def main(argv):
@@ -64,7 +69,7 @@ def summary(results):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-eval", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from llp_tf.tools import cli
 
@@ -22,6 +22,11 @@ flags.DEFINE_list("k", ["10", "50"], "K values of the propagation")
 flags.DEFINE_string("output_json", None, "also write the accuracies here")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir"]),
+    ("Propagation", ["k"]),
+    ("Output", ["output_json"]),
+]
 
 
 def network_outputs(model, experiment):
@@ -88,5 +93,9 @@ def main(argv):
             json.dump(results, f, indent=2)
 
 
+def run():
+    cli.run(main, "tools/first_propagation.py", __doc__, FLAG_GROUPS)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -12,7 +12,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from llp_tf import config
 from llp_tf.features import load_features
@@ -21,16 +21,22 @@ from llp_tf.tools import cli
 flags.DEFINE_string("features", None,
                     "input features file: features [N, D] and labels [N] (-1 = unlabelled)")
 flags.DEFINE_string("output", None, "output .npz with pseudo_labels and confidences")
-flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote")
-flags.DEFINE_integer("t", 25, "T: neighbours of the local density")
-flags.DEFINE_float("tau", 0.07, "temperature")
+flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote (paper: 10)")
+flags.DEFINE_integer("t", 25, "T: neighbours of the local density (llp only; paper: 25)")
+flags.DEFINE_float("tau", 0.07, "temperature of the votes (paper: 0.07)")
 flags.DEFINE_enum("method", "llp", ["llp", "knn"], "llp: density-weighted (paper Eq. 8); knn: weighted kNN")
-flags.DEFINE_bool("density_include_self", False, "count a labelled row among its own density neighbours")
+flags.DEFINE_bool("density_include_self", False,
+                  "llp: count a labelled row among its own density neighbours (released code; paper: no)")
 flags.DEFINE_integer("num_classes", None, "default: largest label + 1")
 flags.DEFINE_integer("query_rows", config.PROPAGATION_QUERY_ROWS, "query rows per block")
 flags.DEFINE_integer("key_rows", config.PROPAGATION_KEY_ROWS, "key rows per block")
 flags.mark_flags_as_required(["features", "output"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input and output", ["features", "output", "num_classes"]),
+    ("Method", ["method", "k", "t", "tau", "density_include_self"]),
+    ("Hardware (block sizes of the propagation)", ["query_rows", "key_rows"]),
+]
 
 
 def main(argv):
@@ -53,7 +59,7 @@ def main(argv):
         result = propagation.propagate(
             features, labels >= 0, labels, num_classes, k=FLAGS.k, t=FLAGS.t, tau=FLAGS.tau,
             use_density=FLAGS.method == "llp", include_self=FLAGS.density_include_self,
-            chunks=propagation.Chunks(FLAGS.query_rows, FLAGS.key_rows))
+            block_sizes=propagation.BlockSizes(FLAGS.query_rows, FLAGS.key_rows))
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-propagate: {error}")
     # Written beside the output, then renamed: a failure leaves no half file (and np.savez given a
@@ -67,12 +73,13 @@ def main(argv):
             os.remove(f"{FLAGS.output}.partial")
         sys.exit(f"llp-propagate: writing --output={FLAGS.output} failed: {error.strerror}")
     seconds = time.perf_counter() - started
+    settings = f"K={FLAGS.k}, T={FLAGS.t}" if FLAGS.method == "llp" else f"K={FLAGS.k}"  # kNN has no T
     print(f"propagated {int((labels < 0).sum())} unlabelled rows from {int((labels >= 0).sum())} labelled "
-          f"({FLAGS.method}, K={FLAGS.k}, T={FLAGS.t}) in {seconds:.1f} s -> {FLAGS.output}")
+          f"({FLAGS.method}, {settings}, tau={FLAGS.tau:g}) in {seconds:.1f} s -> {FLAGS.output}")
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-propagate", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

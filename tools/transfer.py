@@ -11,7 +11,7 @@ WORKDIR/config.json, so its own training data must still be readable. See llp_tf
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from llp_tf.tools import cli
 
@@ -28,6 +28,11 @@ flags.DEFINE_integer("seed", 0, "seed of the readout (and of the random backbone
 flags.DEFINE_string("output", None, "also write the results as JSON here")
 flags.mark_flags_as_required(["workdir", "dataset"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "checkpoint", "dataset", "data_dir"]),
+    ("Readout", ["epochs", "learning_rate", "batch_size", "weight_decay", "random_baseline", "seed"]),
+    ("Output", ["output"]),
+]
 
 
 def summary(result):
@@ -64,7 +69,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-transfer", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

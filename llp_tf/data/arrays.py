@@ -1,5 +1,9 @@
 """Sources held in memory as uint8 arrays: `ArraySource`, and the two file forms read into one,
-MNIST-format idx files (`load_idx_source`, `read_idx`) and a .npz (`load_npz_source`)."""
+MNIST-format idx files (`load_idx_source`, `read_idx`) and a .npz (`load_npz_source`).
+
+Class names: an npz may carry a `class_names` array; idx files carry none, so the label files of
+Fashion-MNIST and MNIST are recognised by their content (`known_idx_class_names`: the class counts of
+both splits and the first labels of each, whatever the compression) and get their published names."""
 from __future__ import annotations
 
 import gzip
@@ -43,7 +47,8 @@ class ArraySource(ListedSource):
         self.class_names = [str(name) for name in class_names]
         self.num_classes = len(self.class_names)
         if largest_label >= self.num_classes:
-            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
+            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names "
+                             f"({', '.join(self.class_names)}): give one name per class")
         self.image_shape = tuple(int(d) for d in self._stored["train"].shape[1:])
         self.channels = self.image_shape[-1]
 
@@ -60,7 +65,34 @@ def load_idx_source(directory: str) -> ArraySource:
             raise ValueError(f"{path}: expected uint8 with {expected_ndim} dimensions, "
                              f"got {array.dtype} {array.shape}")
         arrays[key] = array
-    return ArraySource(**arrays, origin=directory)  # which adds the channel axis
+    class_names = known_idx_class_names(arrays["y_train"], arrays["y_test"])
+    return ArraySource(**arrays, class_names=class_names, origin=directory)  # adds the channel axis
+
+
+# Label files recognised by content: (train class counts, test class counts, first train labels, first
+# test labels) -> the dataset's class names, in label order.
+_FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                        "Sneaker", "Bag", "Ankle boot"]
+KNOWN_IDX_DATASETS = {
+    "Fashion-MNIST": ((6000,) * 10, (1000,) * 10, (9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9),
+                      (9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5), _FASHION_MNIST_NAMES),
+    "MNIST": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 1009, 974),
+              (5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5), (7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6),
+              [str(digit) for digit in range(10)]),
+}
+
+
+def known_idx_class_names(y_train, y_test):
+    """The published class names when the labels are those of a dataset in KNOWN_IDX_DATASETS, else
+    None (the classes are then named by their numbers)."""
+    for train_counts, test_counts, train_first, test_first, names in KNOWN_IDX_DATASETS.values():
+        if (tuple(np.bincount(y_train).tolist()) == train_counts
+                and tuple(np.bincount(y_test).tolist()) == test_counts
+                and tuple(y_train[:len(train_first)].tolist()) == train_first
+                and tuple(y_test[:len(test_first)].tolist()) == test_first):
+            return list(names)
+    return None
 
 
 def load_npz_source(path: str) -> ArraySource:
@@ -70,7 +102,8 @@ def load_npz_source(path: str) -> ArraySource:
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {sorted(npz.files)})")
         arrays = {key: read_array(npz, key, path) for key in ("x_train", "y_train", "x_test", "y_test")}
-        class_names = list(read_array(npz, "class_names", path)) if "class_names" in npz.files else None
+        class_names = ([str(name) for name in read_array(npz, "class_names", path)]
+                       if "class_names" in npz.files else None)
         return ArraySource(**arrays, class_names=class_names, origin=path)
 
 
