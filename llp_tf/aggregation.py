@@ -17,13 +17,14 @@ def class_mean_norms(bank, labels, num_classes):
     return np.where(counts.numpy() > 0, norms.numpy(), np.nan)
 
 
-def aggregation_summary(bank, hidden_labels, is_labelled, num_classes):
+def aggregation_summary(bank, true_labels, is_labelled, num_classes):
     """{"aggregation/norm_mean": over classes, with every training example's true label,
-        "aggregation/norm_mean_labelled": with the labelled rows only (needs no hidden label),
+        "aggregation/norm_mean_labelled": with the labelled rows only (no true label of an
+            unlabelled row),
         "class_norms": the per-class norms of the first} for TensorBoard."""
-    hidden_labels = np.asarray(hidden_labels)
-    labelled_only = np.where(np.asarray(is_labelled, bool), hidden_labels, -1)
-    all_norms = class_mean_norms(bank, hidden_labels, num_classes)
+    true_labels = np.asarray(true_labels)
+    labelled_only = np.where(np.asarray(is_labelled, bool), true_labels, -1)
+    all_norms = class_mean_norms(bank, true_labels, num_classes)
     labelled_norms = class_mean_norms(bank, labelled_only, num_classes)
     return {"aggregation/norm_mean": float(np.nanmean(all_norms)),
             "aggregation/norm_mean_labelled": float(np.nanmean(labelled_norms)),

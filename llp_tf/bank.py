@@ -21,7 +21,7 @@ def read_whole(bank: tf.Variable, without_copy: bool = True) -> tf.Tensor:
     """The whole bank as a tensor.
 
     Once a variable has seen a scatter update or a row gather, TensorFlow copies it whole on every
-    dense read (copy-on-read mode): 3 ms per training step at 60,000 x 128, 42 ms at 1M rows.
+    dense read (copy-on-read mode), a cost per step that grows with the bank (BUILD.md).
     DisableCopyOnRead ends that mode, so the read shares the variable's buffer; the next scatter
     update then copies first only if that tensor is still in use (copy-on-write), so the value read
     never changes. XLA cannot compile the op (and its reads do not copy): without_copy=False there.

@@ -14,7 +14,7 @@ class PropagationCallback(keras.callbacks.Callback):
     training if LLP starts with rows that were never propagated. With repeat=False it propagates only
     at the switch (the non-iterative two-stage baseline).
 
-    hidden_labels (the true labels of every bank row, where known) only feed diagnostics: the
+    true_labels (the true labels of every bank row, where known) only feed diagnostics: the
     pseudo-label accuracy on the unlabelled pool. They never reach the propagation.
     refresh_bank (a departure from the paper), when given, is called before each pass to rewrite the
     bank from the network's embeddings of the unaugmented images; fill_bank_at_switch the same, before
@@ -22,7 +22,7 @@ class PropagationCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, num_classes, k=10, t=25, tau=0.07, use_density=True, include_self=False,
-                 chunks=propagation.Chunks(), hidden_labels=None, first_epoch=0, repeat=True,
+                 block_sizes=propagation.BlockSizes(), true_labels=None, first_epoch=0, repeat=True,
                  refresh_bank=None, fill_bank_at_switch=None):
         super().__init__()
         self.refresh_bank = refresh_bank
@@ -31,8 +31,8 @@ class PropagationCallback(keras.callbacks.Callback):
         self.repeat = repeat  # False: the two-stage baseline, which propagates once at the switch
         self.num_classes = num_classes
         self.options = dict(k=k, t=t, tau=tau, use_density=use_density, include_self=include_self,
-                            chunks=chunks)
-        self.hidden_labels = None if hidden_labels is None else np.asarray(hidden_labels, np.int64)
+                            block_sizes=block_sizes)
+        self.true_labels = None if true_labels is None else np.asarray(true_labels, np.int64)
         self.history = []  # one dict of statistics per pass
 
     def propagate(self):
@@ -57,9 +57,9 @@ class PropagationCallback(keras.callbacks.Callback):
                 np.mean(result.labels[~is_labelled] != previous[~is_labelled])),
             "propagation/mean_confidence": float(np.mean(result.confidences[~is_labelled])),
         }
-        if self.hidden_labels is not None:
+        if self.true_labels is not None:
             stats["propagation/pseudo_label_accuracy"] = pseudo_label_accuracy(
-                result.labels, self.hidden_labels, is_labelled)
+                result.labels, self.true_labels, is_labelled)
         self.history.append(stats)
         return stats
 
@@ -91,12 +91,12 @@ class RecordAtEpochEnd(keras.callbacks.Callback):
             self.variable.assign(float(logs[self.key]))
 
 
-def pseudo_label_accuracy(labels, hidden_labels, is_labelled):
-    """Share of the unlabelled pool whose current label equals its hidden true label."""
+def pseudo_label_accuracy(labels, true_labels, is_labelled):
+    """Share of the unlabelled pool whose current label equals its true label."""
     unlabelled = ~np.asarray(is_labelled, bool)
     if not unlabelled.any():
         return float("nan")
-    return float(np.mean(np.asarray(labels)[unlabelled] == np.asarray(hidden_labels)[unlabelled]))
+    return float(np.mean(np.asarray(labels)[unlabelled] == np.asarray(true_labels)[unlabelled]))
 
 
 class KnnCallback(keras.callbacks.Callback):
@@ -116,18 +116,19 @@ class KnnCallback(keras.callbacks.Callback):
 
 class SummaryCallback(keras.callbacks.Callback):
     """The one writer of TensorBoard summaries: every epoch's logs as scalars, plus the aggregation
-    metric of the bank (paper Fig. 2b-c) and the confidence histogram.
+    metric of the bank (paper Fig. 2b-c) and the histogram of the unlabelled rows' confidences (once
+    they have been propagated: from the switch's propagation on).
 
     The step is the optimizer's iteration count, so curves of runs with different phases and resumed
     runs line up. Keys "val_x" are written as "val/x", keys holding a "/" as they are, others as
-    "train/x". hidden_labels (true labels of every bank row) feed only the aggregation diagnostic.
+    "train/x". true_labels (true labels of every bank row) feed only the aggregation diagnostic.
     """
 
-    def __init__(self, logdir, num_classes, hidden_labels=None):
+    def __init__(self, logdir, num_classes, true_labels=None):
         super().__init__()
         self.writer = tf.summary.create_file_writer(logdir)
         self.num_classes = num_classes
-        self.hidden_labels = hidden_labels
+        self.true_labels = true_labels
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -143,14 +144,15 @@ class SummaryCallback(keras.callbacks.Callback):
     def _write_state_summaries(self):
         state = self.model.state
         is_labelled = state.is_labelled.numpy()
-        if self.hidden_labels is not None:
+        if self.true_labels is not None:
             summary = aggregation.aggregation_summary(
-                tf.convert_to_tensor(state.bank), self.hidden_labels, is_labelled, self.num_classes)
+                tf.convert_to_tensor(state.bank), self.true_labels, is_labelled, self.num_classes)
             for name in ("aggregation/norm_mean", "aggregation/norm_mean_labelled"):
                 tf.summary.scalar(name, summary[name])
             norms = summary["class_norms"]
             tf.summary.histogram("aggregation/class_norms", norms[np.isfinite(norms)])
-        if self.model.phase == "llp" and (~is_labelled).any():
+        # From the switch's propagation on (it runs before this callback at the warm-up's last epoch end).
+        if (~is_labelled).any() and not state.needs_propagation():
             tf.summary.histogram("propagation/confidence", state.confidences.numpy()[~is_labelled])
 
 

@@ -11,6 +11,7 @@ PROPAGATION_QUERY_ROWS = 512
 PROPAGATION_KEY_ROWS = 32768
 CROP_AREA_MIN = 0.2  # the paper's random resized crop keeps 20-100 % of the image area
 BAD_IMAGE_POLICIES = ("error", "skip")
+VERBOSE_CHOICES = ("auto", "0", "1", "2")
 
 
 def setting(default, help_text, item=int):
@@ -24,24 +25,34 @@ class TrainConfig:
     dataset: str = setting(None, "training data: tfds:NAME | idx:DIR | folder:DIR | npz:FILE")
     workdir: str = setting(None, "output directory; rerunning with the same one resumes")
     data_dir: str | None = setting(None, "TFDS data_dir")
+    class_names: tuple = setting(
+        (), "names of the classes in label order, e.g. cat,dog,bird (as many as the dataset has classes); "
+        "default: the dataset's own (folder names, an npz's class_names array, the known names of "
+        "Fashion-MNIST's idx files, else the label numbers)", item=str)
     on_bad_image: str = setting(
         "error", "folder datasets, files that are not decodable images: error (one error listing "
         "them, before training) | skip (leave them out; listed in workdir/skipped_images.txt)")
     method: str = setting(
         "llp", "llp | supervised (labelled examples only, same network) | two_stage (instance recognition, "
         "one propagation, then training on those fixed pseudo-labels: the non-iterative baseline)")
-    backbone: str = setting("small_cnn", "small_cnn | cifar_resnet20 | cifar_resnet56 | resnet18v2 | resnet50v2")
-    width: int | None = setting(None, "channel multiplier of the backbone")
-    image_size: int | None = setting(None, "side of the square training images; default: the dataset's own")
-    labelled_fraction: float = setting(0.01, "p: share of each class that keeps its label")
-    kept_fraction: float = setting(1.0, "q: share of all training images used (labelled ones always)")
+    backbone: str = setting(
+        "small_cnn", "small_cnn | cifar_resnet20 | cifar_resnet56 | resnet18v2 | resnet50v2 (paper, on "
+        "ImageNet: resnet18v2 and resnet50v2)")
+    width: int | None = setting(
+        None, "channel multiplier of the backbone; default: the backbone's own (paper: 1)")
+    image_size: int | None = setting(
+        None, "side of the square training images; default: the dataset's own (paper, ImageNet: 224)")
+    labelled_fraction: float = setting(
+        0.01, "p: share of each class that keeps its label (paper: 0.01 to 0.1)")
+    kept_fraction: float = setting(
+        1.0, "q: share of all training images used (labelled ones always; paper: 1, and 0.3, 0.7 in Table 3)")
     split_seed: int = setting(0, "seed of the labelled split")
     seed: int = setting(0, "seed of initialisation, shuffling and augmentation")
     deterministic: bool = setting(
         False, "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism): two runs "
         "with the same seeds give identical metrics; slower on GPUs")
-    batch_size: int = setting(128, "global batch, split across replicas")
-    epochs: int = setting(10, "total epochs, warm-up epochs included")
+    batch_size: int = setting(128, "global batch, split across replicas (paper: 128)")
+    epochs: int = setting(10, "total epochs, warm-up epochs included (paper, ImageNet: 200)")
     warmup: str = setting(
         "instance", "what trains before the first propagation: instance (instance recognition, the "
         "paper) | supervised (the classifier on the labelled examples alone; a departure)")
@@ -52,20 +63,23 @@ class TrainConfig:
         None, "same as --warmup=instance --warmup_epochs=N (the earlier name, still accepted)")
     steps_per_epoch: int | None = setting(None, "default: kept examples // batch size (supervised too)")
     learning_rate: float = setting(0.03, "SGD learning rate (paper: 0.03)")
-    lr_drop_epochs: tuple = setting((), "epochs at which the learning rate is multiplied by lr_drop_factor")
-    lr_drop_factor: float = setting(0.1, "factor applied at each of lr_drop_epochs")
+    lr_drop_epochs: tuple = setting(
+        (), "epochs at which the learning rate is multiplied by lr_drop_factor (paper, ImageNet: "
+        "120,160,180 of 200); empty: a constant learning rate")
+    lr_drop_factor: float = setting(0.1, "factor applied at each of lr_drop_epochs (paper: 0.1)")
     lr_values: tuple = setting(
         (), "the learning rate of each piece of the schedule, one more than lr_drop_epochs (e.g. "
         "0.1,0.03 with --lr_drop_epochs=12: a warm-up at 0.1, then 0.03); overrides --learning_rate "
         "and --lr_drop_factor; empty: learning_rate x lr_drop_factor^i (paper)", item=float)
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(1e-4, "lambda of the L2 penalty lambda * ||theta||^2")
-    embedding_dim: int = setting(128, "D: size of the L2-normalised embedding and of the bank rows")
-    tau: float = setting(0.07, "temperature of the non-parametric softmax")
-    bank_momentum: float = setting(0.5, "m of bank <- normalize(m * bank + (1 - m) * v)")
+    momentum: float = setting(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = setting(1e-4, "lambda of the L2 penalty lambda * ||theta||^2 (paper: 1e-4)")
+    embedding_dim: int = setting(
+        128, "D: size of the L2-normalised embedding and of the bank rows (paper: 128)")
+    tau: float = setting(0.07, "temperature of the non-parametric softmax (paper: 0.07)")
+    bank_momentum: float = setting(0.5, "m of bank <- normalize(m * bank + (1 - m) * v) (paper: 0.5)")
     bank_init: str = setting("network", "network: fill with the untrained net's embeddings | random")
-    k: int = setting(10, "K: labelled neighbours that vote")
-    t: int = setting(25, "T: neighbours of the local density")
+    k: int = setting(10, "K: labelled neighbours that vote (paper: 10)")
+    t: int = setting(25, "T: neighbours of the local density (paper: 25)")
     use_density: bool = setting(True, "density-weighted LLP votes; off: plain weighted kNN")
     density_include_self: bool = setting(
         False, "count a labelled row among its own T density neighbours (released code; paper: no)")
@@ -99,7 +113,9 @@ class TrainConfig:
     init_from: str | None = setting(
         None, "(departure) workdir of a finished run of the same network (e.g. --method=supervised) "
         "whose weights start this one; its bank, labels and optimizer are not taken")
-    eval_knn_k: int = setting(200, "neighbours of the kNN evaluation (capped at the labelled count)")
+    eval_knn_k: int = setting(
+        200, "neighbours of the kNN evaluation, val_knn_top1 (capped at the labelled count; paper: 200, "
+        "and 1 for the Table 6 ablations)")
     propagation_query_rows: int = setting(PROPAGATION_QUERY_ROWS, "query rows per propagation block")
     propagation_key_rows: int = setting(PROPAGATION_KEY_ROWS, "key rows per propagation block")
     strategy: str = setting(
@@ -109,7 +125,10 @@ class TrainConfig:
     mixed_precision: str | None = setting(None, "mixed_float16 | mixed_bfloat16 (bank stays float32)")
     jit_compile: bool = setting(False, "XLA-compile the train step (GPUs)")
     keep_checkpoints: int = setting(3, "checkpoints kept in workdir/checkpoints")
-    verbose: int = setting(2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 a line per epoch")
+    verbose: str = setting(
+        "auto", "console within an epoch: auto (a progress bar when standard output is a terminal, "
+        "else a line per epoch, e.g. in a log file) | 0 nothing from Keras | 1 progress bar | 2 a line "
+        "per epoch; the phase and propagation lines are printed whatever this is")
     state_dump: str | None = setting(
         None, "(tests) write this process's final bank, labels and confidences, one row per local "
         "replica copy, to this .npz")
@@ -164,6 +183,8 @@ class TrainConfig:
             raise ValueError(f"--jit_compile cannot run under --cpu_replicas={self.cpu_replicas}: XLA "
                              "cannot reach the other logical CPUs' variable copies (a TensorFlow "
                              "limitation); use it on GPUs or on one CPU")
+        if str(self.verbose) not in VERBOSE_CHOICES:
+            raise ValueError(f"--verbose must be one of {', '.join(VERBOSE_CHOICES)}, got {self.verbose!r}")
         if self.bank_init not in ("network", "random"):
             raise ValueError(f"--bank_init must be network or random, got {self.bank_init!r}")
 
@@ -191,6 +212,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{name} {rule}, got {getattr(self, name)}"
                                  + "".join(f" ({h})" for h in hint))
+
+    def keras_verbose(self, is_terminal: bool) -> int:
+        """Keras fit's verbose: --verbose, with auto meaning 1 (progress bar) on a terminal, else 2."""
+        if str(self.verbose) == "auto":
+            return 1 if is_terminal else 2
+        return int(self.verbose)
 
     def resolved_warmup_epochs(self) -> int:
         """The warm-up's length: --warmup_epochs, else --instance_epochs, else the default."""

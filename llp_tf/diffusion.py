@@ -8,7 +8,7 @@ Over unit feature rows v_1..v_N:
              (their code's class-size normalisation of the paper's one-hot Y)
   labels     argmax_c z_c[i] for unlabelled rows; labelled rows keep their label.
 
-The neighbour search is propagation.top_k_neighbours (chunked: memory O(N k), time O(N^2 D)); W_n is a
+The neighbour search is neighbours.top_k_neighbours (blocked: memory O(N k), time O(N^2 D)); W_n is a
 scipy.sparse matrix of at most 2 N k entries, and each conjugate-gradient step costs O(N k). The
 defaults (k=50, gamma=3, alpha=0.99, at most 20 CG steps, rtol 1e-6) are Iscen et al.'s; their
 neighbour search is faiss, ours exact and brute force.
@@ -17,10 +17,10 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from llp_tf import propagation
+from llp_tf import neighbours
 
 
-def normalised_knn_graph(features, k, gamma=3.0, chunks=propagation.Chunks()):
+def normalised_knn_graph(features, k, gamma=3.0, block_sizes=neighbours.BlockSizes()):
     """W_n = D^-1/2 (A + A^T) D^-1/2 as a float64 CSR matrix [N, N] (see the module docstring).
 
     features: unit rows [N, D]. A row whose neighbours all have non-positive similarity has degree 0
@@ -30,11 +30,11 @@ def normalised_knn_graph(features, k, gamma=3.0, chunks=propagation.Chunks()):
     if not 1 <= k < num_rows:
         raise ValueError(f"k={k} graph neighbours need 1 <= k < N={num_rows}")
     all_rows = np.arange(num_rows, dtype=np.int32)
-    similarities, neighbours = propagation.top_k_neighbours(
-        features, all_rows, all_rows, k, tau=1.0, exclude_self=True, chunks=chunks)
+    similarities, nearest = neighbours.top_k_neighbours(
+        features, all_rows, all_rows, k, tau=1.0, exclude_self=True, block_sizes=block_sizes)
     weights = np.maximum(similarities.numpy().astype(np.float64), 0.0) ** gamma
     affinity = scipy.sparse.csr_matrix(
-        (weights.ravel(), (np.repeat(all_rows, k), neighbours.numpy().ravel())),
+        (weights.ravel(), (np.repeat(all_rows, k), nearest.numpy().ravel())),
         shape=(num_rows, num_rows))
     symmetric = (affinity + affinity.T).tocsr()
     degrees = np.asarray(symmetric.sum(axis=1)).ravel()
@@ -44,7 +44,7 @@ def normalised_knn_graph(features, k, gamma=3.0, chunks=propagation.Chunks()):
 
 
 def diffuse(features, is_labelled, labels, num_classes, k=50, alpha=0.99, gamma=3.0,
-            max_iterations=20, rtol=1e-6, chunks=propagation.Chunks()):
+            max_iterations=20, rtol=1e-6, block_sizes=neighbours.BlockSizes()):
     """Labels of all rows by diffusion from the labelled ones.
 
     features: unit rows [N, D]; is_labelled: bool [N]; labels: int [N], read only where labelled.
@@ -54,7 +54,7 @@ def diffuse(features, is_labelled, labels, num_classes, k=50, alpha=0.99, gamma=
     is_labelled = np.asarray(is_labelled, bool)
     labels = np.asarray(labels, np.int64)
     check_diffusion_inputs(features, is_labelled, labels, num_classes, alpha)
-    graph = normalised_knn_graph(features, k, gamma, chunks)
+    graph = normalised_knn_graph(features, k, gamma, block_sizes)
     system = scipy.sparse.identity(len(labels), format="csr") - alpha * graph
     scores = np.zeros([len(labels), num_classes])
     for c in range(num_classes):

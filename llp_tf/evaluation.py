@@ -2,13 +2,16 @@
 2018), and evaluate_model's classifier top-1 / top-5, kNN top-1, per-class accuracy and confusion
 matrix from one pass of the network. Model-level only: evaluating a finished run's workdir (what
 llp-eval writes) is llp_tf/finished.py."""
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
 from llp_tf import propagation
 
 
-def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau, chunks=propagation.Chunks()):
+def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau,
+                block_sizes=propagation.BlockSizes()):
     """Weighted-kNN labels of queries against labelled bank rows (the plain vote of Eq. 5-6)."""
     k = min(k, len(bank_rows))
     stacked = tf.concat([tf.convert_to_tensor(bank_rows, tf.float32),
@@ -16,7 +19,7 @@ def knn_predict(bank_rows, bank_labels, queries, num_classes, k, tau, chunks=pro
     key_rows = tf.range(len(bank_rows))
     query_rows = tf.range(len(bank_rows), len(bank_rows) + len(queries))
     predicted, _ = propagation.classify_by_neighbours(
-        stacked, query_rows, key_rows, bank_labels, num_classes, k, tau, chunks=chunks)
+        stacked, query_rows, key_rows, bank_labels, num_classes, k, tau, block_sizes=block_sizes)
     return predicted.numpy()
 
 
@@ -43,13 +46,7 @@ def embed_and_classify(model, dataset, top_k=TOP_K):
     n * (D + top_k) numbers whatever the number of classes. Ties go to the lower class id (as argmax).
     """
     top_k = min(top_k, int(model.num_classes))
-
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        outputs = model(images, training=False)
-        _, classes = tf.math.top_k(tf.cast(outputs["logits"], tf.float32), k=top_k)
-        return tf.cast(outputs["embeddings"], tf.float32), tf.cast(classes, tf.int64)
-
+    step = _evaluation_step(model, top_k)
     embeddings, classes, labels = [], [], []
     for images, batch_labels, _ in dataset:
         batch_embeddings, batch_classes = step(images)
@@ -59,6 +56,25 @@ def embed_and_classify(model, dataset, top_k=TOP_K):
     if not labels:
         raise ValueError("the evaluation split holds no examples")
     return np.concatenate(embeddings), np.concatenate(classes), np.concatenate(labels).astype(np.int64)
+
+
+# One traced step per (model, top_k), kept while the model lives: a new tf.function at every epoch's
+# evaluation would be traced anew each time (and TensorFlow warns of retracing).
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def _evaluation_step(model, top_k):
+    steps = _STEPS.setdefault(model, {})
+    if top_k not in steps:
+        model_ref = weakref.ref(model)  # the cache's value must not keep its key alive
+
+        @tf.function(reduce_retracing=True)
+        def step(images):
+            outputs = model_ref()(images, training=False)
+            _, classes = tf.math.top_k(tf.cast(outputs["logits"], tf.float32), k=top_k)
+            return tf.cast(outputs["embeddings"], tf.float32), tf.cast(classes, tf.int64)
+        steps[top_k] = step
+    return steps[top_k]
 
 
 def confusion_matrix(labels, predicted, num_classes):

@@ -30,13 +30,13 @@ class Experiment:
         if config.batch_size % replicas:
             raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas")
         self.source = data.load_source(config.dataset, config.data_dir, config.on_bad_image,
-                                       known_files=read_file_table(config.workdir))
+                                       config.class_names, known_files=read_file_table(config.workdir))
         self.selection = data.select_examples(
             self.source.labels("train"), config.labelled_fraction, config.kept_fraction,
             seed=config.split_seed, class_names=self.source.class_names)
         self.image_size = config.image_size or _native_size(self.source)
         self.num_classes = self.source.num_classes
-        self.steps_per_epoch = config.steps_per_epoch or len(self.selection.rows) // config.batch_size
+        self.steps_per_epoch = steps_per_epoch(config, len(self.selection.rows))
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.selection.rows)} examples make no batch of {config.batch_size}")
         if config.method != "supervised":
@@ -48,23 +48,14 @@ class Experiment:
         self._embed_for_bank = None  # fill_bank's traced function
         with self.strategy.scope():
             self.model = self._build_model()
-            self.checkpoint = tf.train.Checkpoint(
-                model=self.model, optimizer=self.model.optimizer, state=self.model.state,
-                progress=self.progress)
+            self.checkpoint = training_checkpoint(self.model, self.progress)
         self.manager = distribute.checkpoint_manager(
             self.checkpoint, self.workdir.checkpoints, self.strategy, max_to_keep=config.keep_checkpoints)
 
     def _build_model(self):
         input_shape = (self.image_size, self.image_size, self.source.channels)
         return build_model(self.config, input_shape, self.num_classes, self.selection.is_labelled,
-                           self.selection.labels, self._learning_rate())
-
-    def _learning_rate(self):
-        drop_epochs, values = self.config.learning_rates()
-        if not drop_epochs:
-            return values[0]
-        boundaries = [epoch * self.steps_per_epoch for epoch in drop_epochs]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+                           self.selection.true_labels, self.steps_per_epoch)
 
     def train_dataset(self, epoch, skip_steps=0, labelled_only=None):
         """The batches of one epoch from step skip_steps on. Their shuffle and augmentations depend
@@ -112,19 +103,41 @@ def _native_size(source):
     return height
 
 
-def build_model(config: TrainConfig, input_shape, num_classes, is_labelled, labels, learning_rate):
+def steps_per_epoch(config: TrainConfig, num_examples: int) -> int:
+    return config.steps_per_epoch or num_examples // config.batch_size
+
+
+def build_model(config: TrainConfig, input_shape, num_classes, is_labelled, true_labels, steps):
     """The compiled LLPModel of `config` on images of input_shape (H, W, C), with an LLPState of
-    len(is_labelled) rows (labels: the true labels of the labelled rows) and its optimizer's slots
-    built, so that a checkpoint restores into it."""
+    len(is_labelled) rows (true_labels: those of the labelled rows count), the learning-rate schedule
+    of `steps` per epoch and its optimizer's slots built, so that a checkpoint restores into it."""
     backbone = backbones.build_backbone(config.backbone, input_shape, config.weight_decay, config.width)
-    state = LLPState(is_labelled, labels, config.embedding_dim, seed=config.seed)
+    state = LLPState(is_labelled, true_labels, config.embedding_dim, seed=config.seed)
     model = LLPModel(backbone, num_classes, state, tau=config.tau,
                      bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
                      use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
                      warmup_category_loss=config.warmup_category_loss,
                      confidence_threshold=config.confidence_threshold)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=config.momentum),
-                  jit_compile=config.jit_compile)
+    optimizer = keras.optimizers.SGD(_learning_rate(config, steps), momentum=config.momentum)
+    if config.mixed_precision == "mixed_float16":
+        # What compile() would wrap it in under that policy, here from the config alone, so that a
+        # float32 rebuild of the run (llp_tf/finished.py) has the checkpoint's optimizer too.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     model(tf.zeros((1,) + tuple(input_shape)))
     model.optimizer.build(model.trainable_variables)  # slots exist before a restore
     return model
+
+
+def _learning_rate(config: TrainConfig, steps):
+    drop_epochs, values = config.learning_rates()
+    if not drop_epochs:
+        return values[0]
+    boundaries = [epoch * steps for epoch in drop_epochs]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def training_checkpoint(model, progress: Progress) -> tf.train.Checkpoint:
+    """What a training checkpoint holds: model, optimizer, state and progress."""
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, state=model.state,
+                               progress=progress)

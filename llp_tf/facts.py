@@ -117,7 +117,7 @@ def record_workdir(workdir, experiment):
     the experiment into `workdir` (created if need be); a file whose content would not change is
     left as it is. Call check_workdir first."""
     files = Workdir(workdir)
-    os.makedirs(files.path, exist_ok=True)
+    files.create()
     source, selection = experiment.source, experiment.selection
     if source.skipped_files:
         files.write_skipped_files(source.skipped_files)

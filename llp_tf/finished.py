@@ -26,8 +26,9 @@ import tensorflow as tf
 from llp_tf import data
 from llp_tf.checkpoints import check_checkpoint_shapes, newest_whole_checkpoint
 from llp_tf.evaluation import evaluate_model
-from llp_tf.experiment import Experiment, build_model
+from llp_tf.experiment import Experiment, build_model, steps_per_epoch, training_checkpoint
 from llp_tf.facts import Facts, facts_of, read_facts, read_file_table
+from llp_tf.resume import Progress
 from llp_tf.workdir import Workdir
 
 EVAL_SPLITS = ("test", "train")
@@ -36,10 +37,10 @@ EVAL_SPLITS = ("test", "train")
 def load_config(workdir: str):
     """The TrainConfig of the run in `workdir` (its config.json), for one device and this workdir."""
     config = Workdir(workdir).read_config()
-    # Serving needs neither replicas nor mixed precision: rebuild on one device, in float32 (the
-    # checkpoint's variables are float32 either way). The workdir may have moved since training.
-    return dataclasses.replace(config, strategy="default", cpu_replicas=0, mixed_precision=None,
-                               workdir=workdir)
+    # Serving needs no replicas: rebuild on one device (the workdir may have moved since training).
+    # mixed_precision stays as trained: it decides the optimizer the checkpoint holds (restore_model
+    # builds in float32 whatever it says; the checkpoint's variables are float32 either way).
+    return dataclasses.replace(config, strategy="default", cpu_replicas=0, workdir=workdir)
 
 
 def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
@@ -65,22 +66,21 @@ def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
 
 def restore_network(workdir: str, checkpoint: str | None = None) -> tuple[keras.Model, Facts]:
     """(model, facts): the LLPModel of the run in `workdir` with the weights and state of its latest
-    checkpoint (or of `checkpoint`), built from the workdir's records alone (no dataset is opened),
-    on one device in float32; the optimizer is left unrestored. A workdir written before dataset.json
-    held image size, channels and class names is rebuilt through restore_model instead."""
+    checkpoint (or of `checkpoint`), restored whole (optimizer and progress too), built from the
+    workdir's records alone (no dataset is opened), on one device in float32. A workdir written before
+    dataset.json held image size, channels and class names is rebuilt through restore_model instead."""
     config = load_config(workdir)
     path = checkpoint_path(workdir, checkpoint)
     facts = read_facts(workdir)
     if facts is None or not facts.standalone():
         model, experiment = restore_model(workdir, path)
         return model, facts_of(experiment)
-    split = np.load(Workdir(workdir).split)
-    is_labelled = split["is_labelled"]
-    with _float32():
+    is_labelled = np.load(Workdir(workdir).split)["is_labelled"]
+    with _float32():  # the true labels only seed the state's labels, which the checkpoint replaces
         model = build_model(config, (facts.image_size, facts.image_size, facts.channels),
                             facts.num_classes, is_labelled, np.zeros(len(is_labelled), np.int64),
-                            config.learning_rate)
-    _restore_weights(model, path, workdir)
+                            steps_per_epoch(config, facts.num_examples))
+    _restore_whole(training_checkpoint(model, Progress()), model, path, workdir)
     return model, facts
 
 
@@ -92,7 +92,7 @@ def restore_model(workdir: str, checkpoint: str | None = None):
     path = checkpoint_path(workdir, checkpoint)
     with _float32():
         experiment = Experiment(config)
-    _restore_weights(experiment.model, path, workdir)
+    _restore_whole(experiment.checkpoint, experiment.model, path, workdir)
     return experiment.model, experiment
 
 
@@ -106,19 +106,12 @@ def _float32():
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _restore_weights(model, path, workdir):
-    """The network and state of checkpoint `path` into `model`, without the optimizer."""
+def _restore_whole(checkpoint, model, path, workdir):
+    """Every value of checkpoint `path` (model, optimizer, state, progress) into `checkpoint`."""
     check_checkpoint_shapes(path, model.state)
-    # The checkpoint's object graph is root -> model / optimizer / state. Restoring through
-    # experiment.checkpoint would also match the optimizer, which fails for a mixed-precision run (its
-    # LossScaleOptimizer has other variables than the float32 rebuild's SGD): mirror the root without it.
-    parts = tf.Module()
-    parts.backbone = model.backbone
-    parts.embedding_head = model.embedding_head
-    parts.classifier = model.classifier
-    try:
-        status = tf.train.Checkpoint(model=parts, state=model.state).restore(path).expect_partial()
-        status.assert_existing_objects_matched()
+    _ = checkpoint.save_counter  # created on first use; every checkpoint holds one
+    try:  # the whole checkpoint: every value read, none missing
+        checkpoint.restore(path).assert_consumed()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         message = getattr(error, "message", None) or str(error)
         raise ValueError(f"checkpoint {path} does not fit the model built from {Workdir(workdir).config} "
@@ -146,9 +139,8 @@ def evaluate_workdir(workdir, checkpoint=None, split="test", knn_k=None, dataset
     path = checkpoint_path(workdir, checkpoint)  # resolved once: training may save meanwhile
     model, facts = restore_network(workdir, path)
     dataset = dataset or config.dataset
-    source = data.load_source(dataset, config.data_dir, config.on_bad_image,
-                              known_files=read_file_table(workdir), splits=(split,),
-                              class_names=facts.class_names)
+    source = data.load_source(dataset, config.data_dir, config.on_bad_image, config.class_names,
+                              known_files=read_file_table(workdir), splits=(split,))
     if [str(name) for name in source.class_names] != facts.class_names or source.channels != facts.channels:
         raise ValueError(f"{dataset} has classes {source.class_names[:10]} and {source.channels} "
                          f"channels, the run in {workdir} was trained on {facts.class_names[:10]} and "

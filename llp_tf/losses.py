@@ -31,9 +31,12 @@ def instance_loss(embeddings, bank, indices, tau: float) -> tf.Tensor:
 UNIT_PATH_MIN_TAU = 2.0 / 80.0
 
 
-def minus_log_share(embeddings, bank, bank_keys, keys, tau: float) -> tf.Tensor:
-    """-log(sum_{j in A} exp(logits_j) / sum_j exp(logits_j)) per row b, A = {j: bank_keys[j] = keys[b]},
-    logits = bank_logits. [B].
+def minus_log_share(embeddings, bank, bank_groups, groups, tau: float) -> tf.Tensor:
+    """-log(sum_{j in A} exp(logits_j) / sum_j exp(logits_j)) per row b,
+    A = {j: bank_groups[j] = groups[b]}, logits = bank_logits. [B].
+
+    A row's group is what decides set membership: its own bank index in instance recognition
+    (instance_loss), its current label in LLP (aggregation_loss).
 
     Embeddings and bank rows are unit vectors, so logits - 1/tau lies in [-2/tau, 0]: for
     tau >= UNIT_PATH_MIN_TAU its exp neither overflows nor underflows in float32 and needs no
@@ -43,16 +46,16 @@ def minus_log_share(embeddings, bank, bank_keys, keys, tau: float) -> tf.Tensor:
     """
     bank = tf.stop_gradient(bank)
     if tau < UNIT_PATH_MIN_TAU:
-        in_set = tf.equal(bank_keys[None, :], keys[:, None])
+        in_set = tf.equal(bank_groups[None, :], groups[:, None])
         return _minus_log_share_log_space(bank_logits(embeddings, bank, tau), in_set)
-    return _minus_log_share_unit(tf.cast(embeddings, bank.dtype), bank, bank_keys, keys, tau)
+    return _minus_log_share_unit(tf.cast(embeddings, bank.dtype), bank, bank_groups, groups, tau)
 
 
-def _minus_log_share_unit(embeddings, bank, bank_keys, keys, tau):
+def _minus_log_share_unit(embeddings, bank, bank_groups, groups, tau):
     @tf.custom_gradient
     def loss_of(embeddings):
         logits = tf.matmul(embeddings / tau, bank, transpose_b=True)
-        weights, inside, outside = _weights_and_sums(logits, bank_keys, keys, tau)
+        weights, inside, outside = _weights_and_sums(logits, bank_groups, groups, tau)
         total = inside + outside
 
         def gradient(upstream):
@@ -60,7 +63,8 @@ def _minus_log_share_unit(embeddings, bank, bank_keys, keys, tau):
             # written as -outside / (total * inside) so that it does not cancel either.
             per_outside = upstream / total
             per_inside = -upstream * outside / (total * inside)
-            logit_gradient = _weighted_by_membership(weights, bank_keys, keys, per_inside, per_outside)
+            logit_gradient = _weighted_by_membership(weights, bank_groups, groups, per_inside,
+                                                     per_outside)
             return tf.matmul(logit_gradient, bank) / tau
 
         return tf.math.log1p(outside / inside), gradient
@@ -73,10 +77,10 @@ def _minus_log_share_unit(embeddings, bank, bank_keys, keys, tau):
 # multiplies. The multiplies stay outside XLA: TensorFlow's own (oneDNN on CPU) were faster
 # (scripts/bench_step.py, BUILD.md).
 @tf.function(jit_compile=True)
-def _weights_and_sums(logits, bank_keys, keys, tau):
+def _weights_and_sums(logits, bank_groups, groups, tau):
     """(w = exp(logits - 1/tau) [B, N], sum of w over A [B], sum of w outside A [B])."""
     weights = tf.exp(logits - 1.0 / tau)
-    in_set = tf.equal(bank_keys[None, :], keys[:, None])
+    in_set = tf.equal(bank_groups[None, :], groups[:, None])
     zeros = tf.zeros_like(weights)
     inside = tf.reduce_sum(tf.where(in_set, weights, zeros), axis=1)
     outside = tf.reduce_sum(tf.where(in_set, zeros, weights), axis=1)
@@ -84,9 +88,9 @@ def _weights_and_sums(logits, bank_keys, keys, tau):
 
 
 @tf.function(jit_compile=True)
-def _weighted_by_membership(weights, bank_keys, keys, per_inside, per_outside):
+def _weighted_by_membership(weights, bank_groups, groups, per_inside, per_outside):
     """w_bj * (per_inside_b if j in A_b else per_outside_b). [B, N]."""
-    in_set = tf.equal(bank_keys[None, :], keys[:, None])
+    in_set = tf.equal(bank_groups[None, :], groups[:, None])
     return weights * tf.where(in_set, per_inside[:, None], per_outside[:, None])
 
 

@@ -20,14 +20,18 @@ class LLPState(tf.Module):
 
     Every variable uses aggregation NONE: under MirroredStrategy each replica holds a full copy, and
     the train step keeps the copies identical by applying the whole global batch's update on each.
+
+    `labels` are the current labels: the true label of a labelled row, the pseudo-label of the
+    others (-1 until the first propagation). The true labels of unlabelled rows are never stored
+    here. (The checkpointed variable names stay as they are, so checkpoints read back.)
     """
 
-    def __init__(self, is_labelled, labels, embedding_dim, seed=0):
+    def __init__(self, is_labelled, true_labels, embedding_dim, seed=0):
         super().__init__(name="llp_state")
         is_labelled = np.asarray(is_labelled, bool)
         num_examples = len(is_labelled)
         # Unlabelled rows hold -1 until the first propagation gives them a pseudo-label.
-        current = np.where(is_labelled, np.asarray(labels, np.int64), -1)
+        current = np.where(is_labelled, np.asarray(true_labels, np.int64), -1)
         make = lambda value, name: tf.Variable(  # noqa: E731
             value, trainable=False, name=name, aggregation=tf.VariableAggregation.NONE)
         self.bank = make(bank_lib.random_unit_rows(num_examples, embedding_dim, seed), "bank")

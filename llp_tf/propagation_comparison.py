@@ -13,11 +13,11 @@ label_propagation_{knn,rbf} (Zhu & Ghahramani 2002) are scikit-learn's with its 
 Settings; diffusion (Iscen et al. 2019) is llp_tf/diffusion.py. The time and memory sweep as N grows is
 llp_tf/propagation_sweep.py; the command line is tools/compare_propagation.py (llp-compare-propagation).
 
-Each method imports its libraries when it runs, and `Method.libraries` names them: a sweep process
-(propagation_sweep) loads exactly one method's libraries before it is measured, so a scikit-learn
-method's process never starts TensorFlow and a TensorFlow method's never loads scikit-learn. These
-function-level imports are that, and scikit-learn / SciPy being optional (the `analysis` extra); no
-import loop is dodged.
+`Method.libraries` names the third-party libraries a method runs on: a sweep process
+(propagation_sweep) loads and starts exactly those before it is measured, so start-up is never timed
+or counted, and a TensorFlow method's process never loads scikit-learn (imported inside the method
+that uses it: it is optional, the `analysis` extra). Every process imports TensorFlow with this
+module, but starts its thread pools and XLA only for a method that runs on it.
 """
 import dataclasses
 import importlib
@@ -25,6 +25,8 @@ import time
 import warnings
 
 import numpy as np
+
+from llp_tf import diffusion, propagation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,6 @@ class Settings:
 
 def _local_propagation(use_density):
     def run(features, given, num_classes, settings):
-        from llp_tf import propagation  # TensorFlow: loaded only where a method runs (docstring)
         return propagation.propagate(features, given >= 0, given, num_classes, k=settings.k, t=settings.t,
                                      tau=settings.tau, use_density=use_density).labels
     return run
@@ -60,7 +61,6 @@ def _scikit_learn(model_name, kernel):
 
 
 def _diffusion(features, given, num_classes, settings):
-    from llp_tf import diffusion  # TensorFlow and SciPy: loaded only where a method runs (docstring)
     predicted, _ = diffusion.diffuse(features, given >= 0, given, num_classes, k=settings.diffusion_k,
                                      alpha=settings.diffusion_alpha, gamma=settings.diffusion_gamma)
     return predicted
@@ -69,10 +69,10 @@ def _diffusion(features, given, num_classes, settings):
 @dataclasses.dataclass(frozen=True)
 class Method:
     run: object
-    libraries: tuple  # loaded before a sweep measurement starts, so start-up is not measured
+    libraries: tuple  # third-party, loaded before a sweep measurement starts (not measured)
 
 
-_TENSORFLOW = ("tensorflow", "llp_tf.propagation")
+_TENSORFLOW = ("tensorflow",)
 METHODS = {
     "llp": Method(_local_propagation(True), _TENSORFLOW),
     "knn": Method(_local_propagation(False), _TENSORFLOW),
@@ -80,7 +80,7 @@ METHODS = {
     "label_spreading_rbf": Method(_scikit_learn("LabelSpreading", "rbf"), ("sklearn.semi_supervised",)),
     "label_propagation_knn": Method(_scikit_learn("LabelPropagation", "knn"), ("sklearn.semi_supervised",)),
     "label_propagation_rbf": Method(_scikit_learn("LabelPropagation", "rbf"), ("sklearn.semi_supervised",)),
-    "diffusion": Method(_diffusion, _TENSORFLOW + ("llp_tf.diffusion",)),
+    "diffusion": Method(_diffusion, _TENSORFLOW + ("scipy.sparse.linalg",)),
 }
 
 
@@ -92,8 +92,8 @@ def load_libraries(method):
     if "tensorflow" in method.libraries:
         import tensorflow as tf
         tf.math.top_k(tf.matmul(tf.ones([4, 4]), tf.ones([4, 4])), k=2)
-        # The propagation's XLA functions: XLA's CPU runtime reserves about 0.8 GiB of address space
-        # when it starts, which is start-up, not the method's memory.
+        # The propagation's XLA functions: XLA's CPU runtime reserves a large block of address space
+        # when it starts (BUILD.md), which is start-up, not the method's memory.
         tf.function(lambda x: x + 1, jit_compile=True)(tf.ones([2]))
 
 
@@ -112,6 +112,19 @@ def check_methods(names):
 
 # ----------------------------------------------------------------------------------------------
 # Table 5: small subsamples
+
+
+PAPER_CLASSES = 50  # Table 5 draws 50 of ImageNet's classes
+
+
+def default_class_count(labels, images_per_class: int) -> int:
+    """C when none is given: the paper's 50, or, on data with fewer classes of at least
+    `images_per_class` rows (e.g. Fashion-MNIST's 10), all of those."""
+    eligible = int(np.sum(np.bincount(np.asarray(labels)) >= images_per_class))
+    if eligible < 2:
+        raise ValueError(f"fewer than 2 classes have --images_per_class={images_per_class} rows: "
+                         "lower --images_per_class")
+    return min(PAPER_CLASSES, eligible)
 
 
 def draw_subsample(labels, num_classes, images_per_class, labelled_per_class, rng):

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from llp_tf import distribute, evaluation, propagation
+from llp_tf import console, distribute, evaluation, propagation
 from llp_tf.callbacks import (KnnCallback, PropagationCallback, RecordAtEpochEnd, SummaryCallback,
                               pseudo_label_accuracy)
 from llp_tf.checkpoints import saved_checkpoints
@@ -42,6 +42,7 @@ def train(config: TrainConfig, reevaluate: bool = False) -> dict:
     metrics are computed again from its last checkpoint and rewritten."""
     config = config.resolved()
     started = time.time()
+    Workdir(config.workdir).check_writable()  # before the data, which may take long to check
     configure_process(config)
     experiment = Experiment(config)
     workdir = experiment.workdir
@@ -52,6 +53,7 @@ def train(config: TrainConfig, reevaluate: bool = False) -> dict:
         raise RunFinished(f"{workdir.path} holds this run finished ({config.epochs} epochs): its metrics "
                           f"are in {workdir.metrics}; nothing was changed (--reevaluate computes them "
                           "again, a larger --epochs trains on)")
+    workdir.create()  # once the data, the settings and the workdir's record are checked
     if chief:
         record_workdir(config.workdir, experiment)
         workdir.write_config(config)
@@ -61,15 +63,20 @@ def train(config: TrainConfig, reevaluate: bool = False) -> dict:
     multi_worker = isinstance(experiment.strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with stop_on_signals(enabled=not multi_worker) as stop_request:
         callbacks, propagator = make_callbacks(experiment, stop_request, resume_at)
+        verbose = console.keras_verbose(config)
+        num_labelled = int(experiment.selection.is_labelled.sum())
         for phase, first, last in phase_plan(config, resume_at[0]):
             experiment.model.phase = phase
+            if chief:
+                console.say(console.phase_line(phase, first, last, config, experiment.num_classes,
+                                               num_labelled))
             for epoch in range(first, last):
                 skip = resume_at[1] if epoch == resume_at[0] else 0
                 batches = experiment.train_dataset(epoch, skip, labelled_only=phase == "supervised")
                 experiment.model.fit(
                     batches, initial_epoch=epoch, epochs=config.epochs,
                     steps_per_epoch=experiment.steps_per_epoch - skip, validation_data=validation,
-                    callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                    callbacks=callbacks, verbose=verbose, shuffle=False)
     metrics = final_metrics(experiment, propagator)
     metrics["wall_seconds"] = time.time() - started
     if config.state_dump:
@@ -92,7 +99,7 @@ def is_finished(workdir: Workdir, epochs: int) -> bool:
 
 def configure_process(config: TrainConfig):
     """The process-wide settings of a job, before it builds anything: dtype policy, op determinism
-    and the random seed (the workdir is created only once its record is checked)."""
+    and the random seed."""
     if config.mixed_precision:
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     if config.deterministic:
@@ -101,8 +108,8 @@ def configure_process(config: TrainConfig):
 
 
 def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
-    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, guard; the
-    propagation callback or None)."""
+    """(callbacks in epoch-end order: propagate, kNN evaluation, checkpoint, summaries, Keras's epoch
+    line, the console's propagation line, guard; the propagation callback or None)."""
     config = experiment.config
     stop_request = stop_request or StopRequest()
     propagator = None
@@ -110,8 +117,8 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
         propagator = PropagationCallback(
             experiment.num_classes, k=config.k, t=config.t, tau=config.tau, use_density=config.use_density,
             include_self=config.density_include_self,
-            chunks=propagation.Chunks(config.propagation_query_rows, config.propagation_key_rows),
-            hidden_labels=experiment.selection.labels, first_epoch=config.warmup_epochs,
+            block_sizes=propagation.BlockSizes(config.propagation_query_rows, config.propagation_key_rows),
+            true_labels=experiment.selection.true_labels, first_epoch=config.warmup_epochs,
             repeat=config.method == "llp",
             refresh_bank=experiment.fill_bank if config.refresh_bank else None,
             # After a supervised warm-up the bank holds only the labelled rows' embeddings: refill it
@@ -123,7 +130,9 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
                  CheckpointCallback(experiment, propagator)]
     if distribute.is_chief(experiment.strategy):
         callbacks.append(SummaryCallback(experiment.workdir.tensorboard, experiment.num_classes,
-                                         experiment.selection.labels))
+                                         experiment.selection.true_labels))
+        # Given here, Keras's progress logger ends the epoch's line before the propagation's is printed.
+        callbacks += [keras.callbacks.ProgbarLogger(), console.NarrationCallback(propagator)]
     callbacks.append(GuardCallback(experiment, propagator, stop_request, resume_at))
     return ([propagator] if propagator else []) + callbacks, propagator
 
@@ -168,7 +177,7 @@ def final_metrics(experiment: Experiment, propagator) -> dict:
     }
     if config.method != "supervised":
         metrics["pseudo_label_accuracy"] = pseudo_label_accuracy(
-            state.labels.numpy(), experiment.selection.labels, is_labelled)
+            state.labels.numpy(), experiment.selection.true_labels, is_labelled)
         metrics["pseudo_label_accuracy_history"] = propagation_history(experiment, propagator)
     return metrics
 

@@ -53,7 +53,7 @@ def images_per_second(next_batch, run_step, steps):
 
 def build_model(selection, num_classes, input_shape):
     model = bench_common.build_model(FLAGS.backbone, input_shape, num_classes, selection.is_labelled,
-                                     np.asarray(selection.labels, np.int64))
+                                     np.asarray(selection.true_labels, np.int64))
     model.phase = FLAGS.phase  # a Python branch of train_step: trace while it holds
     return model
 

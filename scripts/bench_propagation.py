@@ -5,7 +5,7 @@ against a float32 matrix multiply of the same total shape, in the same process, 
 
 For each N x M (N bank rows of D dimensions, M of them labelled; synthetic unit rows around Gaussian
 class centres) it prints seconds, GFLOP/s and their ratio for
-- the propagation: propagation.propagate on a bank variable, default Chunks;
+- the propagation: propagation.propagate on a bank variable, default BlockSizes;
 - the matmul baseline: the faster of TensorFlow's float32 matmul in the propagation's own blocks and
   NumPy's in the same blocks, over the same pairs: M x N (density) plus (N - M) x M (labels).
 FLOPs are 2 D (M N + (N - M) M) for both. Each is run --repeats times, interleaved, best kept (the
@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from llp_tf import propagation
+from llp_tf import neighbours, propagation
 import bench_common  # scripts/bench_common.py: these scripts run as files, not installed
 
 flags.DEFINE_list("sizes", ["50000x5000", "100000x10000", "200000x20000"], "N x M sizes to measure")
@@ -31,8 +31,8 @@ flags.DEFINE_integer("dim", 128, "D: embedding dimensions")
 flags.DEFINE_integer("classes", 100, "classes of the synthetic features")
 flags.DEFINE_integer("k", 10, "K: labelled neighbours that vote")
 flags.DEFINE_integer("t", 25, "T: neighbours of the density")
-flags.DEFINE_integer("query_rows", propagation.Chunks().query_rows, "query rows per block")
-flags.DEFINE_integer("key_rows", propagation.Chunks().key_rows, "key rows per block")
+flags.DEFINE_integer("query_rows", propagation.BlockSizes().query_rows, "query rows per block")
+flags.DEFINE_integer("key_rows", propagation.BlockSizes().key_rows, "key rows per block")
 flags.DEFINE_integer("repeats", 3, "timed runs of each method (interleaved); the best is reported")
 flags.DEFINE_bool("memory", True, "measure the peak memory of each size in a fresh subprocess")
 flags.DEFINE_bool("block_parts", False, "instead: time the parts of one block's search (multiply, group "
@@ -69,13 +69,13 @@ def synthetic_bank(num_rows, num_labelled, seed=0):
     return bank, labels, is_labelled
 
 
-def chunks():
-    return propagation.Chunks(FLAGS.query_rows, FLAGS.key_rows)
+def block_sizes():
+    return propagation.BlockSizes(FLAGS.query_rows, FLAGS.key_rows)
 
 
 def run_propagation(bank, labels, is_labelled):
     return propagation.propagate(bank, is_labelled, np.where(is_labelled, labels, -1), FLAGS.classes,
-                                 k=FLAGS.k, t=FLAGS.t, chunks=chunks())
+                                 k=FLAGS.k, t=FLAGS.t, block_sizes=block_sizes())
 
 
 # ----------------------------------------------------------------------------- matmul baselines
@@ -108,8 +108,8 @@ def passes(is_labelled):
     them: labelled x all rows (T + 1 best, self dropped), unlabelled x labelled (K best); the key rows
     padded to whole blocks."""
     labelled, unlabelled = np.flatnonzero(is_labelled), np.flatnonzero(~is_labelled)
-    density = propagation.block_layout(len(is_labelled), FLAGS.t + 1, chunks(), all_rows=True)
-    labels = propagation.block_layout(len(labelled), FLAGS.k, chunks(), all_rows=False)
+    density = neighbours.block_layout(len(is_labelled), FLAGS.t + 1, block_sizes(), all_rows=True)
+    labels = neighbours.block_layout(len(labelled), FLAGS.k, block_sizes(), all_rows=False)
     padded = np.resize(labelled, labels.num_blocks * labels.key_block)
     return [(labelled, None, density), (unlabelled, padded, labels)]
 
@@ -201,7 +201,7 @@ def block_parts():
     print(f"one block of {rows} x {keys} scores, D={dim}; milliseconds per call")
     parts = {"multiply": lambda: tf.matmul(queries, key_block)[:, :1]}
     for k in (FLAGS.k, FLAGS.t):
-        group = propagation.group_size(keys, k)
+        group = neighbours.group_size(keys, k)
         grouped = tf.reshape(scores, [rows, keys // group, group])
         maxima = tf.reduce_max(grouped, axis=2)
         best_groups = tf.sort(tf.math.top_k(maxima, k)[1], axis=1)
@@ -210,7 +210,7 @@ def block_parts():
             f"k={k}: max over groups of {group}": lambda g=grouped: tf.reduce_max(g, axis=2)[:, :1],
             f"k={k}: top_k of {keys // group} group maxima": lambda m=maxima, k=k: tf.math.top_k(m, k)[0][:, :1],
             f"k={k}: top_k of {k * group} candidates": lambda c=candidates, k=k: tf.math.top_k(c, k)[0][:, :1],
-            f"k={k}: whole two-stage top-k": lambda k=k, g=group: propagation._top_k_of_block(  # pylint: disable=protected-access
+            f"k={k}: whole two-stage top-k": lambda k=k, g=group: neighbours._top_k_of_block(  # pylint: disable=protected-access
                 scores, k, g)[0][:, :1],
         })
     for name, part in parts.items():
@@ -235,7 +235,7 @@ def main(argv):
     if FLAGS.block_parts:
         block_parts()
         return
-    print(f"D={FLAGS.dim}, K={FLAGS.k}, T={FLAGS.t}, {chunks()}, best of {FLAGS.repeats} interleaved runs")
+    print(f"D={FLAGS.dim}, K={FLAGS.k}, T={FLAGS.t}, {block_sizes()}, best of {FLAGS.repeats} interleaved runs")
     print("| N | M | N*M | GFLOP | propagation s | GFLOP/s | TF matmul s | NumPy matmul s | matmul GFLOP/s "
           "| propagation / matmul rate | bank MiB | labelled copy MiB | block MiB | TF alone MiB | peak MiB "
           "| peak - TF - bank MiB |")

@@ -44,12 +44,14 @@ RESUMED = re.compile(r"resuming from (\S+) \(")
 FROM_SCRATCH = "training from scratch"
 
 
-def train_command(dataset, workdir, epochs=16, instance_epochs=1, steps_per_epoch=20, keep=2):
-    """A small --deterministic llp-train command (one device) whose saves also delete old checkpoints."""
+def train_command(dataset, workdir, epochs=16, instance_epochs=1, steps_per_epoch=20, keep=2,
+                  warmup="instance"):
+    """A small --deterministic llp-train command (one device) whose saves also delete old checkpoints;
+    its warm-up (instance recognition or supervised) lasts instance_epochs."""
     return [sys.executable, "-m", "llp_tf.tools.train", f"--dataset={dataset}", f"--workdir={workdir}",
             "--backbone=small_cnn", "--width=1", "--batch_size=32", "--labelled_fraction=0.1", "--k=5",
             "--t=10", "--eval_knn_k=20", "--learning_rate=0.05", f"--epochs={epochs}",
-            f"--instance_epochs={instance_epochs}", f"--steps_per_epoch={steps_per_epoch}",
+            f"--warmup={warmup}", f"--warmup_epochs={instance_epochs}", f"--steps_per_epoch={steps_per_epoch}",
             f"--keep_checkpoints={keep}", "--strategy=default", "--deterministic", "--verbose=2"]
 
 

@@ -29,8 +29,8 @@ print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} end {sys.argv[1]}: 
 PY
 }
 
-fmnist=flags/fashion_mnist_1pct.cfg
-cifar=flags/cifar10_jpg_1pct.cfg
+fmnist=flags/paper/fashion_mnist_1pct.cfg
+cifar=flags/paper/cifar10_jpg_1pct.cfg
 from_sup=flags/departures/from_supervised.cfg
 run fmnist_sup_s0 --flagfile=$fmnist --method=supervised
 run fmnist_llp_from_sup_s0 --flagfile=$fmnist --flagfile=$from_sup --init_from="$runs/fmnist_sup_s0"

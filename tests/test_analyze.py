@@ -38,6 +38,7 @@ def analysed(tiny_llp_run, tmp_path_factory):
     return tiny_llp_run, output_dir, result
 
 
+@pytest.mark.slow
 def test_figures_and_summary_of_a_finished_run(analysed):
     workdir, output_dir, result = analysed
     for name in FIGURES:
@@ -58,7 +59,7 @@ def test_figures_and_summary_of_a_finished_run(analysed):
     # Per-class norms: in [0, 1] and those of the restored bank with the true labels.
     from llp_tf import finished
     model, run = finished.restore_model(str(workdir))
-    want = aggregation.class_mean_norms(model.state.bank, run.selection.labels, run.num_classes)
+    want = aggregation.class_mean_norms(model.state.bank, run.selection.true_labels, run.num_classes)
     norms = np.array(summary["class_norms"], np.float64)
     assert ((norms >= 0) & (norms <= 1)).all()
     np.testing.assert_allclose(norms, want, rtol=1e-6)
@@ -164,6 +165,7 @@ def test_runs_on_other_examples_are_not_compared():
         analysis.check_comparable(state([0, 1, 1]), state([0, 1, 1], rows=[0, 1, 3]))
 
 
+@pytest.mark.slow
 def test_command_line_errors(tiny_llp_run, tmp_path):
     output_dir = tmp_path / "out"
     unknown = run_tool("llp_tf.tools.analyze", f"--workdir={tiny_llp_run}", f"--output_dir={output_dir}",

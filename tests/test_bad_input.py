@@ -123,6 +123,7 @@ def source_rows(source, split="train"):
 # Folder data through llp-train
 
 
+@pytest.mark.slow
 def test_llp_train_refuses_bad_files_listing_all_of_them(messy_folder, tmp_path):
     root, _, bad = messy_folder
     workdir = tmp_path / "run"
@@ -138,6 +139,7 @@ def test_llp_train_refuses_bad_files_listing_all_of_them(messy_folder, tmp_path)
     assert not (workdir / "checkpoints").exists() and not (workdir / "dataset.json").exists()
 
 
+@pytest.mark.slow
 def test_llp_train_skips_bad_files_and_lists_them(messy_folder, tmp_path):
     root, usable, bad = messy_folder
     workdir = tmp_path / "run"
@@ -259,6 +261,7 @@ def tiny_config(tiny_npz, workdir, **overrides):
     return TrainConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, message", [
     (dict(labelled_fraction=0.001), "labelled_fraction=0.001 leaves class '0' (label 0) with no labelled"),
     (dict(k=49), "K=49 neighbours need 1 <= K <= the 48 labelled examples"),
@@ -277,6 +280,7 @@ def test_bad_settings_are_refused_before_training(tiny_npz, tmp_path, overrides,
     assert not (workdir / "checkpoints").exists() and not (workdir / "dataset.json").exists()
 
 
+@pytest.mark.slow
 def test_llp_train_refuses_a_batch_not_divisible_by_the_replicas(tiny_npz, tmp_path):
     workdir = tmp_path / "run"
     result = run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,

@@ -17,18 +17,23 @@ from tests.conftest import ROOT, TINY, run_tool, scalar_series
 from tests.datasets import write_npz
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))),
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg"))
+                                       + glob.glob(os.path.join(ROOT, "flags", "paper", "*.cfg"))),
                          ids=os.path.basename)
 def test_flagfile_parses_into_a_valid_config(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # nested --flagfile lines are relative to the repository root
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
-    flag_values(["llp-train", f"--flagfile={path}", "--workdir=/tmp/unused"])
+    # flags/recommended.cfg leaves the dataset to the user's command line
+    given = [line for line in open(path) if line.startswith("--dataset=")]  # comments do not count
+    dataset = [] if given else ["--dataset=folder:/tmp/yours"]
+    flag_values(["llp-train", f"--flagfile={path}", *dataset, "--workdir=/tmp/unused"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
     assert config.dataset
 
 
+@pytest.mark.slow
 def test_llp_train_end_to_end_on_two_replicas(tiny_llp_run):
     workdir = tiny_llp_run
     metrics = json.loads((workdir / "metrics.json").read_text())
@@ -49,6 +54,7 @@ def test_llp_train_end_to_end_on_two_replicas(tiny_llp_run):
     assert len(knn) == 3 and knn[-1] == pytest.approx(metrics["knn_top1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
     workdir = tmp_path / "supervised"
     common = [f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY, "--method=supervised"]
@@ -62,6 +68,7 @@ def test_supervised_baseline_and_resume(tiny_npz, tmp_path):
     assert resumed["wall_seconds"] < first["wall_seconds"] * 1.5  # one more epoch, not three
 
 
+@pytest.mark.slow
 def test_xla_compiled_step_in_bfloat16_trains(tiny_npz, tmp_path):
     """--jit_compile with mixed precision, as on a GPU: the loss's own XLA functions nest inside the
     compiled step and its custom gradient compiles; the run finishes with finite results."""
@@ -73,6 +80,7 @@ def test_xla_compiled_step_in_bfloat16_trains(tiny_npz, tmp_path):
     assert all(np.isfinite(metrics[key]) for key in ("val_top1", "knn_top1", "pseudo_label_accuracy"))
 
 
+@pytest.mark.slow
 def test_two_stage_baseline_propagates_once_and_keeps_its_pseudo_labels(tiny_npz, tmp_path):
     """The non-iterative foil: instance recognition, one weighted-kNN propagation at the switch, then
     training on those labels; LLP (test above) propagates after every epoch instead."""
@@ -96,7 +104,7 @@ def test_ablation_flagfile_sets_only_its_switches(path, monkeypatch):
     for extra in ([], [f"--flagfile={path}"]):
         flag_values = flags.FlagValues()
         train_tool.define_config_flags(flag_values)
-        flag_values(["llp-train", "--flagfile=flags/fashion_mnist_1pct.cfg", *extra, "--workdir=/tmp/x"])
+        flag_values(["llp-train", "--flagfile=flags/paper/fashion_mnist_1pct.cfg", *extra, "--workdir=/tmp/x"])
         configs.append(train_tool.config_from_flags(flag_values))
     configs[1].validate()
     changed = {name for name, value in vars(configs[1]).items() if getattr(configs[0], name) != value}
@@ -110,7 +118,7 @@ def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
-    flag_values(["llp-train", "--flagfile=flags/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
+    flag_values(["llp-train", "--flagfile=flags/paper/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
                  "--init_from=/tmp/x", "--workdir=/tmp/y"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
@@ -119,6 +127,7 @@ def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
     assert config.dataset.startswith("folder:")
 
 
+@pytest.mark.slow
 def test_workdir_of_another_size_class_count_or_embedding_size_is_refused(tiny_npz, tmp_path):
     workdir = tmp_path / "llp"
     common = [f"--workdir={workdir}", *TINY, "--epochs=1", "--instance_epochs=0"]
@@ -136,6 +145,7 @@ def test_workdir_of_another_size_class_count_or_embedding_size_is_refused(tiny_n
         for message in messages:
             assert message in result.stderr, (message, result.stderr[-500:])
 
+@pytest.mark.slow
 def test_llp_propagate_matches_the_library(tmp_path):
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(5, 16))
@@ -148,6 +158,7 @@ def test_llp_propagate_matches_the_library(tmp_path):
     result = run_tool("llp_tf.tools.propagate", f"--features={features}", f"--output={output}",
                       "--k=10", "--t=25", "--query_rows=333")
     assert "propagated" in result.stdout and " s " in result.stdout
+    assert result.stdout.rstrip().endswith(f"-> {output}")  # the path written, as given
     with np.load(output) as out:
         pseudo, confidences = out["pseudo_labels"], out["confidences"]
     assert pseudo.dtype == np.int64 and confidences.dtype == np.float32
@@ -161,6 +172,7 @@ def test_llp_propagate_matches_the_library(tmp_path):
     assert np.mean(pseudo[~labelled] == truth[~labelled]) > 0.8
 
 
+@pytest.mark.slow
 def test_llp_propagate_names_a_missing_array(tmp_path):
     features = tmp_path / "features.npz"
     np.savez(features, embeddings=np.ones((10, 4)))
@@ -169,6 +181,7 @@ def test_llp_propagate_names_a_missing_array(tmp_path):
     assert result.returncode != 0 and "labels" in result.stderr
 
 
+@pytest.mark.slow
 def test_departures_from_the_paper_run_end_to_end(tiny_npz, tmp_path):
     """--init_from starts from a supervised run's network (only its network); the other departures
     train alongside it; a network of another shape is refused by name."""
@@ -222,7 +235,7 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
     assert np.abs(bank - random_bank).max() > 0.1
     state = run.model.state
     expected = reference.propagate(embeddings.astype(np.float64), state.is_labelled.numpy(),
-                                   np.where(state.is_labelled.numpy(), run.selection.labels, -1),
+                                   np.where(state.is_labelled.numpy(), run.selection.true_labels, -1),
                                    run.num_classes, k=5, t=10, tau=config.tau, use_density=True,
                                    include_self=False)
     np.testing.assert_array_equal(state.labels.numpy(), expected["labels"])
@@ -230,6 +243,7 @@ def test_refresh_bank_rewrites_the_bank_before_each_propagation(tiny_npz, tmp_pa
     assert stats["propagation/refresh_seconds"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_flags", [["--method=llp", "--instance_epochs=1"],
                                           ["--method=llp", "--instance_epochs=1", "--labelled_per_batch=8"],
                                           ["--method=supervised"]],
@@ -264,6 +278,7 @@ def test_llp_train_on_two_replicas_equals_one_device(method_flags, tiny_npz, tmp
     assert max(apart.values()) < 1e-2, sorted(apart.items(), key=lambda item: -item[1])[:5]
 
 
+@pytest.mark.slow
 def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path):
     """--refresh_bank on two replicas: the last pass rewrote every replica's copy of the bank with the
     final network's embeddings of the unaugmented images."""
@@ -283,6 +298,7 @@ def test_refreshed_bank_is_the_final_network_on_every_replica(tiny_npz, tmp_path
     np.testing.assert_allclose(copies[0], embeddings, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -311,6 +327,7 @@ def test_results_table_lists_runs_and_averages_seeds(tiny_llp_run, tmp_path):
     assert "refreshed" not in run_tool("scripts.results_table", str(runs), "--match=tiny_llp").stdout
 
 
+@pytest.mark.slow
 def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
     """tools/first_propagation.py: the classifier's and the embedding head's propagation accuracy on
     the unlabelled rows, against the same computed here from the restored network."""
@@ -341,6 +358,7 @@ def test_first_propagation_of_a_trained_network(tiny_llp_run, tmp_path):
     assert len(results) == 1 + 4 * 2  # classifier; 4 feature kinds x (density, kNN) at one K
 
 
+@pytest.mark.slow
 def test_pseudo_label_confidence_table(tiny_llp_run):
     """tools/pseudo_label_confidence.py: each threshold's share of unlabelled rows and their accuracy,
     against the same counted here, row by row, from the restored state."""
@@ -356,12 +374,13 @@ def test_pseudo_label_confidence_table(tiny_llp_run):
     unlabelled = [row for row in range(len(labels)) if not is_labelled[row]]
     for threshold in (0, 0.5, 0.9):
         kept = [row for row in unlabelled if confidences[row] >= threshold]
-        right = sum(labels[row] == run.selection.labels[row] for row in kept)
+        right = sum(labels[row] == run.selection.true_labels[row] for row in kept)
         assert printed[threshold][0] == pytest.approx(100 * len(kept) / len(unlabelled), abs=0.05)
         assert float(printed[threshold][1]) == pytest.approx(100 * right / len(kept), abs=0.005)
     assert printed[0][0] == 100.0 and printed[1.01] == (0.0, "nan")  # confidences are at most 1
 
 
+@pytest.mark.slow
 def test_every_run_behind_results_parses_into_a_valid_config(monkeypatch, tmp_path):
     """scripts/run_results.sh (dry run): each run's arguments, flagfiles included, make a valid llp-train
     config, every run has its own workdir, and every --init_from names a run listed before it."""

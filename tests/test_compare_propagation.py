@@ -7,8 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from llp_tf import propagation
+from llp_tf import propagation, propagation_comparison
 from tests.conftest import run_tool
+
+pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
 
 TOOL = "llp_tf.tools.compare_propagation"
 ALL_METHODS = ("llp", "knn", "label_spreading_knn", "label_spreading_rbf", "label_propagation_knn",
@@ -90,3 +92,19 @@ def test_bad_input_is_named(features_npz, arguments, message):
     result = run_tool(TOOL, f"--features={features_npz}", *SMALL_PROTOCOL, *arguments, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_default_class_count_fits_the_data():
+    """Without --classes: the paper's 50 where the data has as many classes of --images_per_class rows,
+    else all of those (10 on Fashion-MNIST, where the former default of 50 failed)."""
+    assert propagation_comparison.default_class_count(np.repeat(np.arange(10), 6000), 50) == 10
+    assert propagation_comparison.default_class_count(np.repeat(np.arange(80), 60), 50) == 50
+    assert propagation_comparison.default_class_count(np.repeat(np.arange(6), [80] * 5 + [20]), 30) == 5
+    with pytest.raises(ValueError, match="lower --images_per_class"):
+        propagation_comparison.default_class_count(np.repeat(np.arange(3), [80, 10, 10]), 50)
+
+
+def test_protocol_without_classes_draws_every_class_of_small_data(features_npz):
+    protocol = [argument for argument in SMALL_PROTOCOL if not argument.startswith("--classes")]
+    result = run_tool(TOOL, f"--features={features_npz}", *protocol, "--methods=llp,knn", "--subsamples=1")
+    assert "1 subsamples of 6 classes x 30 images" in result.stdout

@@ -215,7 +215,7 @@ def test_tfds_source_with_mock_data():
         selection = data.select_examples(labels, 1.0)
         batch = next(iter(data.train_dataset(source, selection, 4, 24)))
         assert batch[0].shape == (4, 24, 24, 1)
-        np.testing.assert_array_equal(batch[1], selection.labels[batch[2].numpy()])
+        np.testing.assert_array_equal(batch[1], selection.true_labels[batch[2].numpy()])
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST idx files not installed")
@@ -224,6 +224,47 @@ def test_real_fashion_mnist():
     assert len(source.labels("train")) == 60000 and len(source.labels("test")) == 10000
     assert np.all(np.bincount(source.labels("train")) == 6000)
     assert source.image_shape == (28, 28, 1)
+    assert source.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                  "Sneaker", "Bag", "Ankle boot"]
+
+
+def labels_with(first, counts, seed=0):
+    """Labels that start with `first` and hold counts[c] of each class c, the rest shuffled."""
+    pool = np.repeat(np.arange(len(counts)), counts)
+    for label in first:
+        pool = np.delete(pool, np.flatnonzero(pool == label)[0])
+    return np.concatenate([first, np.random.default_rng(seed).permutation(pool)]).astype(np.uint8)
+
+
+def test_idx_label_files_are_recognised_by_content():
+    """MNIST's label files (their class counts and first labels) get the digits as names, and
+    Fashion-MNIST's its names (test_real_fashion_mnist); the same labels in another order, or other
+    counts, are not recognised (the classes keep their numbers)."""
+    train = labels_with([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5],
+                        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+    test = labels_with([7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6], [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                                             1009, 974])
+    assert data.arrays.known_idx_class_names(train, test) == [str(d) for d in range(10)]
+    assert data.arrays.known_idx_class_names(train[::-1], test) is None
+    assert data.arrays.known_idx_class_names(train, test[:-1]) is None
+    fashion = labels_with([9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9], [6000] * 10)
+    fashion_test = labels_with([9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5], [1000] * 10)
+    assert data.arrays.known_idx_class_names(fashion, fashion_test)[9] == "Ankle boot"
+    assert data.arrays.known_idx_class_names(fashion, test) is None
+
+
+def test_class_names_given_replace_the_sources_own(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=[0, 1, 2, 0],
+             x_test=np.zeros((2, 5, 5), np.uint8), y_test=[1, 2], class_names=["ant", "bee", "cow"])
+    assert data.load_source(f"npz:{tmp_path}/d.npz").class_names == ["ant", "bee", "cow"]
+    renamed = data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", " gnu ", "yak"))
+    assert renamed.class_names == ["fly", "gnu", "yak"]
+    with pytest.raises(ValueError, match="--class_names gives 2 names but npz:.* has 3 classes: give 3"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "gnu"))
+    with pytest.raises(ValueError, match="repeats fly"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "gnu", "fly"))
+    with pytest.raises(ValueError, match="empty name at position 1"):
+        data.load_source(f"npz:{tmp_path}/d.npz", class_names=("fly", "", "yak"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,10 +278,10 @@ def unbalanced_labels():
 def test_selection_is_class_balanced():
     labels = unbalanced_labels()
     selection = data.select_examples(labels, 0.1)
-    counts = np.bincount(selection.labels[selection.is_labelled], minlength=4)
+    counts = np.bincount(selection.true_labels[selection.is_labelled], minlength=4)
     np.testing.assert_array_equal(counts, [10, 6, 3, 1])
     assert len(selection.rows) == len(labels)  # q = 1 keeps everything
-    np.testing.assert_array_equal(selection.labels, labels[selection.rows])
+    np.testing.assert_array_equal(selection.true_labels, labels[selection.rows])
 
 
 def test_selection_keeps_all_labelled_under_partial_q():
@@ -300,7 +341,7 @@ def test_train_dataset_batches():
     all_indices = np.concatenate([b[2] for b in batches])
     np.testing.assert_array_equal(np.sort(all_indices), np.arange(40))  # each bank row once
     for _, labels, indices in batches:
-        np.testing.assert_array_equal(labels, selection.labels[indices])
+        np.testing.assert_array_equal(labels, selection.true_labels[indices])
 
 
 def test_train_dataset_drops_the_remainder_reshuffles_each_pass_and_repeats_on_each_iteration():
@@ -439,7 +480,7 @@ def test_train_dataset_on_a_folder_of_mixed_sizes(tmp_path):
     selection = data.select_examples(source.labels("train"), 0.5, class_names=source.class_names)
     images, labels, indices = next(iter(data.train_dataset(source, selection, 4, 16)))
     assert images.shape == (4, 16, 16, 3)
-    np.testing.assert_array_equal(labels, selection.labels[indices.numpy()])
+    np.testing.assert_array_equal(labels, selection.true_labels[indices.numpy()])
 
 
 def test_eval_dataset_keeps_order_and_remainder():

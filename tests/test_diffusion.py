@@ -3,7 +3,7 @@ entry by entry, and the closed-form Z = (I - alpha W_n)^-1 Y by a dense solve.""
 import numpy as np
 import pytest
 
-from llp_tf import diffusion, propagation
+from llp_tf import diffusion, neighbours
 
 NUM_ROWS, DIM, NUM_CLASSES, K, ALPHA, GAMMA = 120, 6, 3, 7, 0.9, 3.0
 
@@ -41,11 +41,11 @@ def dense_reference(features, is_labelled, labels, k, alpha, gamma):
     return normalised, scores
 
 
-@pytest.mark.parametrize("chunks", [propagation.Chunks(), propagation.Chunks(17, 29)])
-def test_graph_matches_dense_reference(chunks):
+@pytest.mark.parametrize("block_sizes", [neighbours.BlockSizes(), neighbours.BlockSizes(17, 29)])
+def test_graph_matches_dense_reference(block_sizes):
     features, truth, is_labelled = random_problem()
     expected, _ = dense_reference(features, is_labelled, truth, K, ALPHA, GAMMA)
-    graph = diffusion.normalised_knn_graph(features, K, GAMMA, chunks)
+    graph = diffusion.normalised_knn_graph(features, K, GAMMA, block_sizes)
     assert (features @ features.T < 0).any()  # the clamp at 0 is exercised
     np.testing.assert_allclose(graph.toarray(), expected, rtol=1e-12, atol=1e-15)
 

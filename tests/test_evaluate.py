@@ -35,6 +35,7 @@ def results(trained):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_agrees_with_the_metrics_of_training(trained, results):
     _, workdir, metrics, stdout = trained
     assert results["checkpoint"] == os.path.join(workdir, "checkpoints", "ckpt-2")
@@ -46,6 +47,7 @@ def test_agrees_with_the_metrics_of_training(trained, results):
     assert "ckpt-2" in stdout and "top1" in stdout and "eval_test.json" in stdout
 
 
+@pytest.mark.slow
 def test_confusion_matrix_and_per_class_accuracy(trained, results):
     npz, _, _, _ = trained
     matrix = np.array(results["confusion_matrix"])
@@ -63,6 +65,7 @@ def test_confusion_matrix_and_per_class_accuracy(trained, results):
         np.testing.assert_allclose(entry["accuracy"], matrix[c, c] / true_counts[c], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_an_earlier_checkpoint_gives_its_epoch(trained, tmp_path):
     _, workdir, _, _ = trained
     earlier = os.path.join(workdir, "checkpoints", "ckpt-1")
@@ -76,6 +79,7 @@ def test_an_earlier_checkpoint_gives_its_epoch(trained, tmp_path):
     np.testing.assert_allclose(results["top1"], val_top1[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
     """--knn_k=1 (the paper's ablation metric): the label of the most similar labelled bank row, by a
     float64 reference on the restored model's test embeddings."""
@@ -98,6 +102,7 @@ def test_knn_k_override_gives_the_nearest_labelled_row(trained, tmp_path):
         finished.evaluate_workdir(workdir, knn_k=0)
 
 
+@pytest.mark.slow
 def test_training_split(trained):
     npz, workdir, _, _ = trained
     results = finished.evaluate_workdir(workdir, split="train")
@@ -109,6 +114,7 @@ def test_training_split(trained):
     assert 0.0 <= results["top1"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_clear_errors(trained, tmp_path):
     _, workdir, _, _ = trained
     result = run_tool("llp_tf.tools.evaluate", f"--workdir={tmp_path / 'missing'}", check=False)
@@ -157,3 +163,17 @@ def test_top5_and_one_pass_on_many_classes():
     unit = tf.math.l2_normalize(logits[:, :4], axis=1).numpy()
     assert results["knn_top1"] == evaluation.knn_top1(state, unit, labels, num_classes, k=3, tau=0.1)
     assert results["knn_k"] == 3 and results["per_class_accuracy"][7]["name"] == "c7"
+
+
+def test_evaluation_traces_once_per_model_not_once_per_call():
+    """Every epoch's kNN evaluation reuses the model's traced step (a new tf.function per call was
+    traced anew each epoch, and TensorFlow warned of retracing in every run)."""
+    rng = np.random.default_rng(0)
+    model = _StandIn(8, None)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(32, 8)).astype(np.float32), np.zeros(32, np.int64), np.arange(32))).batch(16)
+    for _ in range(3):
+        evaluation.embed_and_classify(model, dataset)
+    step = evaluation._evaluation_step(model, evaluation.TOP_K)
+    assert step.experimental_get_tracing_count() == 1
+    assert evaluation._evaluation_step(_StandIn(8, None), evaluation.TOP_K) is not step

@@ -11,6 +11,7 @@ and the labelled split is checked.
 """
 import glob
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -60,6 +61,7 @@ def assert_same_as_reference(reference, workdir):
     assert not differing, differing  # deterministic ops and per-epoch data seeds: bit for bit
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_stop_at_a_step_and_reruns_finish_like_an_uninterrupted_run(
         reference_run, tiny_npz, tmp_path):
     workdir = str(tmp_path / "run")
@@ -89,8 +91,13 @@ def test_sigint_and_sigterm_stop_at_a_step_and_reruns_finish_like_an_uninterrupt
     assert process.wait(timeout=600) == 0, kill_drill.read(f"{last}.err")[-3000:]
     assert "/interrupted/" in kill_drill.resumed_from(kill_drill.read(f"{last}.err"))
     assert_same_as_reference(reference_run, workdir)
+    # The pseudo-label history spans the three processes: the switch and both LLP epochs.
+    histories = [json.loads(kill_drill.read(Workdir(w).metrics))["pseudo_label_accuracy_history"]
+                 for w in (workdir, reference_run)]
+    assert len(histories[0]) == EPOCHS and histories[0] == histories[1]
 
 
+@pytest.mark.slow
 def test_sigkills_inside_checkpoint_saves_lose_nothing(reference_run, tiny_npz, tmp_path):
     """Killed (1) with epoch 2's shards written but not merged, (2) with epoch 3's checkpoint merged
     but not yet recorded: each rerun resumes from the newest checkpoint that reads back whole."""
@@ -217,6 +224,7 @@ def test_non_finite_state_is_never_saved(tiny_npz, tmp_path):
     assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-2*"))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_npz, tmp_path):
     # Epoch 2's learning rate is 5e10: the weights, then the loss, blow up within a few steps.
     config = tiny_config(tiny_npz, tmp_path, steps_per_epoch=10, lr_drop_epochs=(1,), lr_drop_factor=1e12)
@@ -254,6 +262,7 @@ def file_digests(paths):
     return {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in paths}
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tiny_npz, small_disk, caplog):
     caplog.set_level(logging.INFO, logger="absl")
     workdir = small_disk / "run"

@@ -53,6 +53,7 @@ def test_check_all_known_names_the_unknown_rows():
         features_lib.check_all_known(np.array([0, -1, -1]), "x.npz")
 
 
+@pytest.mark.slow
 def test_compare_propagation_refuses_unknown_labels_in_one_line(tmp_path):
     write(tmp_path / "f.npz")
     result = run_tool("llp_tf.tools.compare_propagation", f"--features={tmp_path / 'f.npz'}",

@@ -118,6 +118,7 @@ def two_worker_run(tiny_llp_run, tmp_path_factory):
     return workdir, flags, [np.load(dump) for dump in dumps], scratch_dirs
 
 
+@pytest.mark.slow
 def test_two_workers_keep_identical_banks_equal_to_one_process(two_worker_run, tiny_llp_run):
     workdir, _, (chief, other), _ = two_worker_run
     assert chief["bank"].shape[0] == 1  # one replica (CPU) per worker
@@ -138,6 +139,7 @@ def test_two_workers_keep_identical_banks_equal_to_one_process(two_worker_run, t
     np.testing.assert_array_equal(checkpoint_state(workdir, "bank"), chief["bank"][0])
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes(two_worker_run, tiny_llp_run):
     workdir, _, _, scratch_dirs = two_worker_run
     reference = json.loads((tiny_llp_run / "config.json").read_text())
@@ -149,6 +151,7 @@ def test_only_the_chief_writes(two_worker_run, tiny_llp_run):
         assert not list(scratch.iterdir())
 
 
+@pytest.mark.slow
 def test_a_rerun_restores_the_chiefs_checkpoint_on_every_worker(two_worker_run, tmp_path_factory):
     workdir, flags, _, _ = two_worker_run
     dumps, _ = run_cluster(tmp_path_factory.mktemp("multiworker-rerun"), flags)  # no epoch left

@@ -3,7 +3,7 @@
 METHOD.md "Label propagation" (paper Eq. 5-8): density rho of each labelled row over its T nearest bank
 rows, locally weighted scores s(l) = bank[l].v/tau - log rho(l), the K best labelled rows vote with
 exp(s); the plain weighted kNN uses s(l) = bank[l].v/tau and the K nearest. The implementation runs in
-blocks (Chunks); its answer must not depend on them, in float64 or float32.
+blocks (BlockSizes); its answer must not depend on them, in float64 or float32.
 """
 import functools
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from llp_tf import neighbours
 from llp_tf import propagation as prop
 from tests import reference as ref
 
@@ -18,16 +19,16 @@ SEED = 3
 NUM_ROWS, DIM, NUM_CLASSES = 1500, 16, 6
 SPREADS = (0.5, 0.7, 0.9, 1.1, 1.3, 1.5)   # class spreads: neighbourhoods overlap, densities differ
 K, T, TAU = 10, 25, 0.07
-SMALL_ROWS = 290                             # a second, small bank (D = 8, Q = 4) for the slow chunkings
+SMALL_ROWS = 290                             # a second, small bank (D = 8, Q = 4) for the slow block sizes
 
 METHODS = {"llp": True, "knn": False}       # name -> use_density
-ONE_BLOCK = prop.Chunks(4096, 65536)
+ONE_BLOCK = prop.BlockSizes(4096, 65536)
 # Block sizes that divide neither N (1500) nor M (153) nor N - M (1347). (97, 110) runs the two-stage
 # top-k with groups of 2 over several key blocks, the last labelled block 43 keys (not whole groups);
 # (13, 7) has fewer key rows than K and T, so every top-k has to be assembled across blocks.
-CHUNKINGS = [ONE_BLOCK, prop.Chunks(97, 110), prop.Chunks(13, 7)]
+BLOCK_SIZES = [ONE_BLOCK, prop.BlockSizes(97, 110), prop.BlockSizes(13, 7)]
 # One query row at a time and one key row per block: too slow for the large bank, run on a small one.
-TINY_CHUNKINGS = [prop.Chunks(1, 7), prop.Chunks(3, 1)]
+TINY_BLOCK_SIZES = [prop.BlockSizes(1, 7), prop.BlockSizes(3, 1)]
 DTYPES = ["float64", "float32"]
 
 # Tolerances against the float64 reference. The outputs are float32 whatever the bank's dtype.
@@ -60,11 +61,11 @@ def reference_run(name, method, include_self):
 
 
 @functools.lru_cache(maxsize=None)
-def implementation_run(name, method, include_self, chunks, dtype):
+def implementation_run(name, method, include_self, block_sizes, dtype):
     bank, _, is_labelled, given = dataset(name)
     return prop.propagate(bank.astype(dtype), is_labelled, given, int(given.max()) + 1, k=K, t=T,
                           tau=TAU, use_density=METHODS[method], include_self=include_self,
-                          chunks=chunks)
+                          block_sizes=block_sizes)
 
 
 def assert_matches_reference(result, expected, is_labelled, given, dtype, method):
@@ -95,8 +96,9 @@ def test_test_data_is_clustered_and_exercises_the_method():
     assert 0.07 < is_labelled.mean() < 0.13
     assert np.all(np.bincount(truth[is_labelled], minlength=NUM_CLASSES) >= K)
     sizes = [NUM_ROWS, is_labelled.sum(), (~is_labelled).sum()]
-    for chunks in CHUNKINGS[1:]:
-        assert all(size % chunks.query_rows and size % chunks.key_rows for size in sizes), chunks
+    for block_sizes in BLOCK_SIZES[1:]:
+        assert all(size % block_sizes.query_rows and size % block_sizes.key_rows
+                   for size in sizes), block_sizes
     llp, knn = reference_run("large", "llp", False), reference_run("large", "knn", False)
     accuracy = (llp["labels"] == truth)[~is_labelled].mean()
     assert 0.8 < accuracy < 0.995, "clusters should overlap: some pseudo-labels wrong, most right"
@@ -120,26 +122,26 @@ def test_test_data_has_no_near_ties(method, include_self, name):
 # ----------------------------------------------------------------------------- against the reference
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chunks", CHUNKINGS, ids=str)
+@pytest.mark.parametrize("block_sizes", BLOCK_SIZES, ids=str)
 @pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
 @pytest.mark.parametrize("method", METHODS)
-def test_propagation_matches_reference(method, include_self, chunks, dtype):
+def test_propagation_matches_reference(method, include_self, block_sizes, dtype):
     _, _, is_labelled, given = dataset("large")
-    result = implementation_run("large", method, include_self, chunks, dtype)
+    result = implementation_run("large", method, include_self, block_sizes, dtype)
     assert_matches_reference(result, reference_run("large", method, include_self), is_labelled,
                              given, dtype, method)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chunks", TINY_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("block_sizes", TINY_BLOCK_SIZES, ids=str)
 @pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
 @pytest.mark.parametrize("method", METHODS)
-def test_propagation_matches_reference_with_tiny_blocks(method, include_self, chunks, dtype):
+def test_propagation_matches_reference_with_tiny_blocks(method, include_self, block_sizes, dtype):
     _, _, is_labelled, given = dataset("small")
-    for block in [chunks.query_rows, chunks.key_rows]:
+    for block in [block_sizes.query_rows, block_sizes.key_rows]:
         sizes = [SMALL_ROWS, is_labelled.sum(), (~is_labelled).sum()]
         assert block == 1 or all(size % block for size in sizes), "blocks must not divide the sizes"
-    result = implementation_run("small", method, include_self, chunks, dtype)
+    result = implementation_run("small", method, include_self, block_sizes, dtype)
     assert_matches_reference(result, reference_run("small", method, include_self), is_labelled,
                              given, dtype, method)
 
@@ -147,17 +149,17 @@ def test_propagation_matches_reference_with_tiny_blocks(method, include_self, ch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("include_self", [False, True], ids=["exclude_self", "include_self"])
 @pytest.mark.parametrize("method", METHODS)
-def test_results_do_not_depend_on_chunks(method, include_self, dtype):
-    for name, chunkings in [("large", CHUNKINGS), ("small", [ONE_BLOCK] + TINY_CHUNKINGS)]:
+def test_results_do_not_depend_on_block_sizes(method, include_self, dtype):
+    for name, block_sizes_list in [("large", BLOCK_SIZES), ("small", [ONE_BLOCK] + TINY_BLOCK_SIZES)]:
         baseline = implementation_run(name, method, include_self, ONE_BLOCK, dtype)
-        for chunks in chunkings[1:]:
-            result = implementation_run(name, method, include_self, chunks, dtype)
-            np.testing.assert_array_equal(result.labels, baseline.labels, err_msg=str(chunks))
+        for block_sizes in block_sizes_list[1:]:
+            result = implementation_run(name, method, include_self, block_sizes, dtype)
+            np.testing.assert_array_equal(result.labels, baseline.labels, err_msg=str(block_sizes))
             np.testing.assert_allclose(result.confidences, baseline.confidences, rtol=0,
-                                       atol=CONFIDENCE_ATOL[dtype], err_msg=str(chunks))
+                                       atol=CONFIDENCE_ATOL[dtype], err_msg=str(block_sizes))
             np.testing.assert_allclose(result.log_density, baseline.log_density,
                                        rtol=LOG_DENSITY_RTOL[dtype],
-                                       err_msg=str(chunks))
+                                       err_msg=str(block_sizes))
 
 
 def test_knn_ignores_include_self():
@@ -176,7 +178,7 @@ def test_log_density_float64(include_self, t):
     bank, _, is_labelled, _ = dataset("small")
     rows = np.flatnonzero(is_labelled).astype(np.int32)
     result = prop.log_density(bank, rows, t, TAU, include_self=include_self,
-                              chunks=prop.Chunks(11, 29)).numpy()
+                              block_sizes=prop.BlockSizes(11, 29)).numpy()
     assert result.dtype == np.float64
     np.testing.assert_allclose(result, ref.log_density(bank, rows, t, TAU, include_self), rtol=1e-12)
 
@@ -186,7 +188,7 @@ def test_vote_matches_weighted_sum():
     rng = np.random.default_rng(0)
     scores = -np.sort(-rng.normal(0, 3, size=(50, K)), axis=1)      # descending, as top_k gives them
     neighbour_labels = rng.integers(0, NUM_CLASSES, size=(50, K))
-    labels, confidences = prop.vote(scores, neighbour_labels, NUM_CLASSES)
+    labels, confidences = neighbours.vote(scores, neighbour_labels, NUM_CLASSES)
     w = np.zeros((50, NUM_CLASSES))
     for q in range(50):
         for score, label in zip(scores[q], neighbour_labels[q]):
@@ -221,10 +223,10 @@ def test_density_weighting_changes_the_answer(include_self):
     assert llp["labels"][0] == 0, "dividing out the density favours the sparse class"
     for dtype in DTYPES:
         for use_density, expected in [(False, knn), (True, llp)]:
-            for chunks in [ONE_BLOCK, prop.Chunks(4, 5)]:
+            for block_sizes in [ONE_BLOCK, prop.BlockSizes(4, 5)]:
                 result = prop.propagate(bank.astype(dtype), is_labelled, labels, 2, k=k, t=t, tau=TAU,
                                         use_density=use_density, include_self=include_self,
-                                        chunks=chunks)
+                                        block_sizes=block_sizes)
                 np.testing.assert_array_equal(result.labels, expected["labels"])
                 np.testing.assert_allclose(result.confidences, expected["confidences"], atol=1e-5)
                 if use_density:
@@ -247,7 +249,7 @@ def test_largest_allowed_k_and_t():
     for use_density in [True, False]:
         expected = ref.propagate(bank, is_labelled, given, 4, m, n - 1, TAU, use_density, False)
         result = prop.propagate(bank, is_labelled, given, 4, k=int(m), t=n - 1, tau=TAU,
-                                use_density=use_density, chunks=prop.Chunks(17, 23))
+                                use_density=use_density, block_sizes=prop.BlockSizes(17, 23))
         np.testing.assert_array_equal(result.labels, expected["labels"])
         np.testing.assert_allclose(result.confidences, expected["confidences"], atol=2e-7)
 
@@ -274,14 +276,14 @@ def test_clear_errors(case):
         prop.propagate(bank, is_labelled, given, 4, **(dict(k=K, t=T, tau=TAU) | change))
 
 
-@pytest.mark.parametrize("size", ["k", "t", "chunks"])
+@pytest.mark.parametrize("size", ["k", "t", "block_sizes"])
 def test_numpy_integer_sizes_are_accepted(size):
     """K, T and block sizes often arrive as NumPy integers (counted from arrays, read from configs);
     the propagation must give the same answer as with Python ints."""
     bank, _, is_labelled, given = dataset("small")
-    kwargs = dict(k=K, t=T, tau=TAU, chunks=prop.Chunks(17, 23))
+    kwargs = dict(k=K, t=T, tau=TAU, block_sizes=prop.BlockSizes(17, 23))
     expected = prop.propagate(bank, is_labelled, given, 4, **kwargs)
-    kwargs[size] = (prop.Chunks(np.int64(17), np.int64(23)) if size == "chunks"
+    kwargs[size] = (prop.BlockSizes(np.int64(17), np.int64(23)) if size == "block_sizes"
                     else np.int64(kwargs[size]))
     try:
         result = prop.propagate(bank, is_labelled, given, 4, **kwargs)
@@ -304,7 +306,7 @@ def test_two_stage_top_k_equals_top_k_with_ties():
         group = int(2 ** rng.integers(0, 5))
         scores = rng.integers(0, rng.integers(2, 40), size=(rows, columns)).astype(np.float32)
         floor = rng.integers(0, 40, size=rows).astype(np.float32) if trial % 2 else None
-        values, positions = prop._top_k_of_block(tf.constant(scores), k, group,
+        values, positions = neighbours._top_k_of_block(tf.constant(scores), k, group,
                                                  None if floor is None else tf.constant(floor))
         expected = tf.math.top_k(scores, min(k, columns))
         case = f"{rows}x{columns}, k={k}, group={group}, floor={floor}"
@@ -319,8 +321,9 @@ def test_two_stage_top_k_equals_top_k_with_ties():
 
 @pytest.mark.parametrize("keys", ["all_rows", "labelled_rows"])
 @pytest.mark.parametrize("exclude_self", [False, True], ids=["with_self", "exclude_self"])
-@pytest.mark.parametrize("chunks", [prop.Chunks(64, 256), prop.Chunks(13, 7), ONE_BLOCK], ids=str)
-def test_top_k_neighbours_matches_brute_force(chunks, exclude_self, keys):
+@pytest.mark.parametrize("block_sizes", [prop.BlockSizes(64, 256), prop.BlockSizes(13, 7), ONE_BLOCK],
+                         ids=str)
+def test_top_k_neighbours_matches_brute_force(block_sizes, exclude_self, keys):
     """top_k_neighbours in float64 against ref.nearest. 1001 rows in 256-key blocks leave a last block
     of 233 keys, not whole groups of 4; ~100 labelled keys with a bias fit one block, padded to whole
     groups; queries are labelled and unlabelled rows, so with exclude_self some are keys, some not."""
@@ -330,8 +333,8 @@ def test_top_k_neighbours_matches_brute_force(chunks, exclude_self, keys):
     key_bias = None if keys == "all_rows" else np.random.default_rng(SEED).normal(0, 1, len(key_rows))
     query_rows = np.concatenate([np.flatnonzero(is_labelled)[:30], np.flatnonzero(~is_labelled)[:30]])
     k = 6
-    scores, positions = prop.top_k_neighbours(bank, query_rows, key_rows, k, TAU, key_bias=key_bias,
-                                              exclude_self=exclude_self, chunks=chunks)
+    scores, positions = neighbours.top_k_neighbours(bank, query_rows, key_rows, k, TAU, key_bias=key_bias,
+                                              exclude_self=exclude_self, block_sizes=block_sizes)
     expected_scores, expected_positions = ref.nearest(bank, query_rows, key_rows, k, TAU, key_bias,
                                                       exclude_self)
     np.testing.assert_array_equal(positions.numpy(), expected_positions)
@@ -341,16 +344,16 @@ def test_top_k_neighbours_matches_brute_force(chunks, exclude_self, keys):
 def test_top_k_neighbours_needs_enough_keys():
     bank, _, _, _ = dataset("small")
     with pytest.raises(ValueError, match="besides the query itself"):
-        prop.top_k_neighbours(bank, [0, 1], np.arange(5), 5, TAU, exclude_self=True)
+        neighbours.top_k_neighbours(bank, [0, 1], np.arange(5), 5, TAU, exclude_self=True)
     with pytest.raises(ValueError, match="5 keys"):
-        prop.top_k_neighbours(bank, [0, 1], np.arange(5), 6, TAU)
+        neighbours.top_k_neighbours(bank, [0, 1], np.arange(5), 6, TAU)
 
 
 # ----------------------------------------------------------------------------- split across replicas
 
 @pytest.mark.parametrize("num_rows, num_replicas", [(1, 2), (7, 2), (8, 2), (10, 3), (2, 3)])
 def test_replica_shares_cover_every_row_once_in_order(num_rows, num_replicas):
-    shares = [prop.replica_share(num_rows, replica, num_replicas).numpy()
+    shares = [neighbours.replica_share(num_rows, replica, num_replicas).numpy()
               for replica in range(num_replicas)]
     assert len({len(share) for share in shares}) == 1, "equal shares: the gather needs equal shapes"
     assert len(shares[0]) == -(-num_rows // num_replicas), "no replica does more than its share"
@@ -364,13 +367,14 @@ def test_propagation_split_over_two_replicas(mirrored_strategy, method, dtype):
     counts: 153 labelled, 1347 unlabelled): the gathered result matches the reference and the
     single-device run."""
     _, _, is_labelled, given = dataset("large")
-    chunks = prop.Chunks(97, 110)
+    block_sizes = prop.BlockSizes(97, 110)
     bank = dataset("large")[0].astype(dtype)
     result = prop.propagate(bank, is_labelled, given, NUM_CLASSES, k=K, t=T, tau=TAU,
-                            use_density=METHODS[method], chunks=chunks, strategy=mirrored_strategy)
+                            use_density=METHODS[method], block_sizes=block_sizes,
+                            strategy=mirrored_strategy)
     assert_matches_reference(result, reference_run("large", method, False), is_labelled, given, dtype,
                              method)
-    single = implementation_run("large", method, False, chunks, dtype)
+    single = implementation_run("large", method, False, block_sizes, dtype)
     np.testing.assert_array_equal(result.labels, single.labels)
     np.testing.assert_allclose(result.confidences, single.confidences, rtol=0,
                                atol=CONFIDENCE_ATOL[dtype])
@@ -398,22 +402,22 @@ def test_variable_banks_of_different_sizes_in_one_process():
     first, then the large one, with the same blocks (the same traced pass): the last must search all
     its rows (with the size baked in it searched only the first 1200 and got log rho off by 0.6)."""
     bank, _, is_labelled, given = dataset("large")
-    chunks = prop.Chunks(97, 110)
+    block_sizes = prop.BlockSizes(97, 110)
     for rows in [1000, 1200, NUM_ROWS]:
         result = prop.propagate(tf.Variable(bank[:rows].astype(np.float32)), is_labelled[:rows],
-                                given[:rows], NUM_CLASSES, k=K, t=T, tau=TAU, chunks=chunks)
+                                given[:rows], NUM_CLASSES, k=K, t=T, tau=TAU, block_sizes=block_sizes)
     assert_matches_reference(result, reference_run("large", "llp", False), is_labelled, given,
                              "float32", "llp")
 
 
-def test_command_line_block_sizes_default_to_chunks():
-    """llp-train's and llp-propagate's block sizes default to propagation.Chunks(), the measured best
+def test_command_line_block_sizes_default_to_the_library_defaults():
+    """llp-train's and llp-propagate's block sizes default to propagation.BlockSizes(), the measured best
     (one pair of constants in llp_tf/config.py, which the command lines read without TensorFlow)."""
     from llp_tf import config
     from llp_tf.tools import propagate  # pylint: disable=unused-import  (defines its flags)
     from absl import flags
     defaults = config.TrainConfig(dataset="x", workdir="y")
     assert (defaults.propagation_query_rows, defaults.propagation_key_rows) == (
-        prop.Chunks().query_rows, prop.Chunks().key_rows)
+        prop.BlockSizes().query_rows, prop.BlockSizes().key_rows)
     assert (flags.FLAGS["query_rows"].default, flags.FLAGS["key_rows"].default) == (
-        prop.Chunks().query_rows, prop.Chunks().key_rows)
+        prop.BlockSizes().query_rows, prop.BlockSizes().key_rows)

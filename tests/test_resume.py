@@ -18,6 +18,8 @@ from llp_tf.config import TrainConfig
 from tests.datasets import write_npz
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
+
 EPOCHS, STEPS = 4, 150  # one instance epoch, then three LLP epochs of STEPS steps
 TIMEOUT = 300  # seconds, for any one wait
 

@@ -9,6 +9,8 @@ import urllib.request
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
+
 
 def free_loopback_port():
     with socket.socket() as probe:

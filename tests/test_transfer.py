@@ -24,6 +24,7 @@ def digits_npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_readout_on_the_frozen_backbone_beats_chance(tiny_llp_run, digits_npz, tmp_path):
     output = tmp_path / "transfer.json"
     result = run_tool("llp_tf.tools.transfer", f"--workdir={tiny_llp_run}", f"--dataset=npz:{digits_npz}",
@@ -37,6 +38,7 @@ def test_readout_on_the_frozen_backbone_beats_chance(tiny_llp_run, digits_npz, t
     assert f"{100 * report['random_backbone_top1']:.2f}%" in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_target_is_named(tiny_llp_run, tmp_path):
     result = run_tool("llp_tf.tools.transfer", f"--workdir={tiny_llp_run}",
                       f"--dataset=npz:{tmp_path / 'missing.npz'}", check=False)

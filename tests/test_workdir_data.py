@@ -65,6 +65,7 @@ def npz_run(tmp_path_factory):
     return npz, base / "run"
 
 
+@pytest.mark.slow
 def test_another_npz_of_the_same_size_is_refused(npz_run, tmp_path):
     _, workdir = npz_run
     other = write_npz(tmp_path / "b.npz", seed=1)  # same counts, shapes and classes
@@ -72,6 +73,7 @@ def test_another_npz_of_the_same_size_is_refused(npz_run, tmp_path):
     assert "a.npz" in line  # the data it was made for
 
 
+@pytest.mark.slow
 def test_a_folder_with_one_file_swapped_is_refused(folder_run, tmp_path):
     root, workdir = folder_run
     copy = tmp_path / "copy"
@@ -81,6 +83,7 @@ def test_a_folder_with_one_file_swapped_is_refused(folder_run, tmp_path):
     assert_refused(workdir, f"folder:{copy}", "1 files changed: train/c1/003.png")
 
 
+@pytest.mark.slow
 def test_a_folder_with_a_file_added_and_one_removed_is_refused(folder_run, tmp_path):
     root, workdir = folder_run
     copy = tmp_path / "copy"
@@ -91,6 +94,7 @@ def test_a_folder_with_a_file_added_and_one_removed_is_refused(folder_run, tmp_p
                    "1 files removed: train/c0/000.png")
 
 
+@pytest.mark.slow
 def test_a_finished_run_rerun_changes_nothing_and_reevaluate_recomputes(npz_run, tmp_path):
     npz, workdir = npz_run
     before = file_digests(workdir)
@@ -108,6 +112,7 @@ def test_a_finished_run_rerun_changes_nothing_and_reevaluate_recomputes(npz_run,
         assert new[key] == pytest.approx(old[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_copied_folder_is_the_same_data(folder_run, tmp_path):
     """New modification times everywhere: every file is read again, and its content is the same."""
     root, workdir = folder_run
@@ -119,6 +124,7 @@ def test_a_copied_folder_is_the_same_data(folder_run, tmp_path):
     assert file_digests(workdir) == before
 
 
+@pytest.mark.slow
 def test_export_and_eval_with_the_training_folder_moved_away(folder_run, tmp_path):
     root, workdir = folder_run
     metrics = json.loads((workdir / "metrics.json").read_text())

@@ -14,7 +14,9 @@ class), summary.txt (also printed) and summary.json. Needs matplotlib and scikit
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("compare_workdir", None, "a second run on the same training examples (e.g. another "
@@ -25,6 +27,11 @@ flags.DEFINE_list("classes", None, "class indices for the MDS figure; default: t
 flags.DEFINE_integer("max_points_per_class", 300, "at most this many random rows per class in the MDS")
 flags.mark_flags_as_required(["workdir", "output_dir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "compare_workdir"]),
+    ("Figures", ["classes", "max_points_per_class"]),
+    ("Output", ["output_dir"]),
+]
 
 
 def parse_classes(values):
@@ -68,7 +75,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-analyze", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """llp-compare-propagation: LLP's propagation against global methods on fixed features (paper Table 5),
 then the time and memory each method takes as N grows.
 
-  llp-compare-propagation --features=FEATURES.npz --classes=50 [--output_json=OUT.json]
-  llp-compare-propagation --workdir=runs/my_run --classes=10 --sweep_sizes=1000,5000,20000,60000,200000
+  llp-compare-propagation --features=FEATURES.npz [--classes=50] [--output_json=OUT.json]
+  llp-compare-propagation --workdir=runs/my_run --sweep_sizes=1000,5000,20000,60000,200000
 
 Input: --features, a features file (llp_tf/features.py: `features` float [N, D], `labels` int [N]; here
 every row's label must be known), or --workdir, the memory bank of a trained run's latest checkpoint
 with the true labels of its training rows (the run's dataset must still be readable). Rows are
 L2-normalised.
 
-1. Table 5's protocol: --subsamples times, draw --classes classes and --images_per_class images of each,
+1. Table 5's protocol: --subsamples times, draw --classes classes (default 50, or all of them when the
+   input has fewer) and --images_per_class images of each,
    label --labelled_per_class of each class, run every method and score it on the unlabelled rest.
    Prints accuracy (%) mean +- std over the subsamples, and the mean seconds per subsample.
 2. Scale sweep (--sweep_sizes; empty skips it): N rows drawn from the features (drawn with replacement
@@ -32,16 +33,17 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from llp_tf import analysis
 from llp_tf import features as features_lib
 from llp_tf import propagation_comparison, propagation_sweep
+from llp_tf.tools import cli
 
 flags.DEFINE_string("features", None, "input features file: features [N, D] and labels [N] (true classes)")
 flags.DEFINE_string("workdir", None, "or: a trained run whose memory bank and true labels are the input")
 flags.DEFINE_list("methods", None, "methods to compare; default: all")
-flags.DEFINE_integer("classes", 50, "C: classes drawn per subsample (paper: 50)")
+flags.DEFINE_integer("classes", None, "C: classes drawn per subsample; default: 50 (the paper's), or every "
+                     "class of the input when it has fewer (Fashion-MNIST: 10)")
 flags.DEFINE_integer("images_per_class", 50, "images drawn per class (paper: 50)")
 flags.DEFINE_integer("labelled_per_class", 5, "labelled images per class (paper: 5)")
 flags.DEFINE_integer("subsamples", 10, "random subsamples (paper: 10)")
@@ -64,6 +66,16 @@ flags.DEFINE_string("output_json", None, "also write every result as JSON here")
 flags.DEFINE_string("worker_job", None,
                     "internal, as python -m llp_tf.propagation_sweep JOB: run one sweep measurement")
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["features", "workdir"]),
+    ("Table 5 protocol", ["methods", "classes", "images_per_class", "labelled_per_class", "subsamples",
+                          "seed"]),
+    ("Method settings", ["k", "t", "tau", "sklearn_neighbors", "rbf_gamma", "diffusion_k",
+                         "diffusion_alpha", "diffusion_gamma"]),
+    ("Scale sweep", ["sweep_sizes", "sweep_labelled_fraction", "sweep_jitter", "time_limit",
+                     "memory_limit_gb"]),
+    ("Output", ["output_json"]),
+]
 
 
 def read_features_file(path):
@@ -75,6 +87,9 @@ def read_features_file(path):
 
 def read_workdir(workdir):
     """(bank rows float32 [N, D], true labels [N]) of the run in `workdir`."""
+    # Not at the top: TensorFlow loads only once the flags are parsed and the console is quiet
+    # (tools/cli.py), and only for --workdir.
+    from llp_tf import analysis
     state = analysis.load_run_state(workdir)
     return features_lib.checked_unit_rows(state.bank, workdir), state.true_labels
 
@@ -89,6 +104,7 @@ def main(argv):
     try:
         if bool(FLAGS.features) == bool(FLAGS.workdir):
             raise ValueError("give exactly one of --features and --workdir")
+        cli.check_output_file("output_json", FLAGS.output_json, ".json", inputs=[FLAGS.features])
         methods = propagation_comparison.check_methods(FLAGS.methods)
         sizes = propagation_sweep.parse_sizes(FLAGS.sweep_sizes)
         features, labels = (read_features_file(FLAGS.features) if FLAGS.features
@@ -98,10 +114,12 @@ def main(argv):
             FLAGS.diffusion_alpha, FLAGS.diffusion_gamma)
         print(f"{FLAGS.features or FLAGS.workdir}: {len(features):,} rows of {features.shape[1]} dimensions, "
               f"{len(np.unique(labels))} classes")
+        classes = (FLAGS.classes
+                   or propagation_comparison.default_class_count(labels, FLAGS.images_per_class))
         subsamples = propagation_comparison.compare_on_subsamples(
-            features, labels, methods, settings, FLAGS.classes, FLAGS.images_per_class,
+            features, labels, methods, settings, classes, FLAGS.images_per_class,
             FLAGS.labelled_per_class, FLAGS.subsamples, FLAGS.seed)
-        print(f"\n{FLAGS.subsamples} subsamples of {FLAGS.classes} classes x {FLAGS.images_per_class} "
+        print(f"\n{FLAGS.subsamples} subsamples of {classes} classes x {FLAGS.images_per_class} "
               f"images, {FLAGS.labelled_per_class} labelled per class; accuracy on the unlabelled rest:\n")
         print(propagation_comparison.subsample_table(subsamples))
         report = {"input": FLAGS.features or FLAGS.workdir, "settings": dataclasses.asdict(settings),
@@ -126,7 +144,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-compare-propagation", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,22 @@
 """llp-eval: evaluates a trained run's checkpoint on its test (or training) split.
 
   llp-eval --workdir=runs/my_run [--checkpoint=runs/my_run/checkpoints/ckpt-7] [--split=test|train]
-           [--knn_k=K] [--output=FILE]
+           [--knn_k=K] [--output=FILE] [--dataset=folder:MOVED]
 
 The network is rebuilt from what the workdir records (the training data need not be readable) and
 restored from its latest checkpoint, or from --checkpoint; only the evaluated split of the run's dataset
-(or of --dataset) is opened: for a folder, DIR/test (or val) for --split=test. Writes JSON (default WORKDIR/eval_<split>.json) with top1, top5
-(null under 6 classes), knn_top1 (weighted kNN from the bank's labelled rows, k = the run's
-eval_knn_k or --knn_k), per_class_accuracy, confusion_matrix (rows = true class), num_examples, checkpoint and
-epoch, and prints a summary. See llp_tf/finished.py.
+(or of --dataset) is opened: for a folder, DIR/test (or val) for --split=test. Writes JSON (default
+WORKDIR/eval_<split>.json) with top1, top5 (null under 6 classes), knn_top1 (weighted kNN from the
+bank's labelled rows, k = the run's eval_knn_k or --knn_k), per_class_accuracy, confusion_matrix (rows
+= true class), num_examples, checkpoint and epoch, and prints a summary. See llp_tf/finished.py.
 """
 import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to evaluate; default: the latest")
@@ -27,6 +29,11 @@ flags.DEFINE_string("dataset", None, "the data to evaluate on, with the run's cl
                     "run's --dataset")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "checkpoint", "split", "dataset"]),
+    ("Evaluation", ["knn_k"]),
+    ("Output", ["output"]),
+]
 
 
 def main(argv):
@@ -39,6 +46,7 @@ def main(argv):
 
     output = FLAGS.output or Workdir(FLAGS.workdir).eval_results(FLAGS.split)
     try:
+        cli.check_output_file("output", FLAGS.output, ".json", creates_folder=True)
         results = finished.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
                                             FLAGS.knn_k, FLAGS.dataset)
     except (ValueError, FileNotFoundError) as error:
@@ -65,7 +73,7 @@ def summary(results):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-eval", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

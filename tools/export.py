@@ -11,13 +11,16 @@ Signatures: serving_default (uint8 images [B, h, w, C]) and serving_bytes (encod
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of an llp-train run")
 flags.DEFINE_string("export_dir", None, "where to write the SavedModel (must not exist, or be empty)")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to export; default: the latest")
 flags.mark_flags_as_required(["workdir", "export_dir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [("Input and output", ["workdir", "checkpoint", "export_dir"])]
 
 
 def main(argv):
@@ -48,7 +51,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-export", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of a finished llp-train run")
 flags.DEFINE_list("k", ["10", "50"], "K values of the propagation")
 flags.DEFINE_string("output_json", None, "also write the accuracies here")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir"]),
+    ("Propagation", ["k"]),
+    ("Output", ["output_json"]),
+]
 
 
 def network_outputs(model, experiment):
@@ -74,6 +81,7 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"first_propagation: unexpected arguments {argv[1:]}")
     try:
+        cli.check_output_file("output_json", FLAGS.output_json, ".json")
         results = accuracies(FLAGS.workdir, [int(k) for k in FLAGS.k])
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"first_propagation: {error}")
@@ -85,5 +93,9 @@ def main(argv):
             json.dump(results, f, indent=2)
 
 
+def run():
+    cli.run(main, "tools/first_propagation.py", __doc__, FLAG_GROUPS)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

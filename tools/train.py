@@ -1,6 +1,6 @@
 """llp-train: trains LLP (or the supervised baseline) from absl flags; reruns resume.
 
-  llp-train --flagfile=flags/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
+  llp-train --flagfile=flags/paper/fashion_mnist_1pct.cfg --workdir=/tmp/fmnist
 
 A rerun with a finished run's workdir says so and exits 0 without touching its files (--reevaluate
 computes its final metrics again). A workdir made for other data is refused before anything is
@@ -13,14 +13,32 @@ import json
 import sys
 import typing
 
-from absl import app, flags
+from absl import flags
 
 from llp_tf.config import TrainConfig
+from llp_tf.tools import cli
 
 FLAGS = flags.FLAGS
 REEVALUATE_HELP = ("a finished run (its metrics.json and the checkpoint of its last epoch): compute "
                    "its final metrics again and rewrite metrics.json (without it such a rerun "
                    "changes nothing)")
+# --help's groups; a TrainConfig field named in none of them is listed under "Other".
+FLAG_GROUPS = [
+    ("Data", ["dataset", "data_dir", "class_names", "on_bad_image", "image_size", "labelled_fraction",
+              "kept_fraction", "split_seed", "augment", "random_flip", "color_jitter", "random_grayscale",
+              "crop_area_min"]),
+    ("Method", ["method", "backbone", "width", "embedding_dim", "tau", "bank_momentum", "bank_init", "k",
+                "t", "use_density", "density_include_self", "use_confidence", "use_category_loss"]),
+    ("Method, departures from the paper (off by default)", [
+        "labelled_per_batch", "warmup_category_loss", "confidence_threshold", "refresh_bank",
+        "init_from"]),
+    ("Schedule", ["epochs", "warmup", "warmup_epochs", "instance_epochs", "steps_per_epoch", "batch_size",
+                  "learning_rate", "lr_drop_epochs", "lr_drop_factor", "lr_values", "momentum",
+                  "weight_decay", "seed", "deterministic"]),
+    ("Outputs", ["workdir", "reevaluate", "verbose", "keep_checkpoints", "eval_knn_k", "state_dump"]),
+    ("Hardware", ["strategy", "cpu_replicas", "mixed_precision", "jit_compile", "propagation_query_rows",
+                  "propagation_key_rows"]),
+]
 
 
 def define_config_flags(flag_values=FLAGS):
@@ -72,12 +90,24 @@ def main(argv):
         sys.exit(f"llp-train: {error}")
     print(json.dumps(metrics, indent=2))
     print(f"metrics written to {Workdir(config.workdir).metrics}")
+    print(outcome(metrics))
+
+
+def outcome(metrics) -> str:
+    """The run's result in one line: after a supervised warm-up, the test top-1 the labels alone gave
+    beside the final one."""
+    final = f"test top-1 {100 * metrics['val_top1']:.2f}%"
+    if metrics.get("warmup") == "supervised" and metrics.get("warmup_val_top1") is not None:
+        return (f"test top-1 after the supervised warm-up (labels alone): "
+                f"{100 * metrics['warmup_val_top1']:.2f}%; after LLP: {100 * metrics['val_top1']:.2f}% "
+                "(the fair baseline: the same flags with --method=supervised)")
+    return final
 
 
 def run():
     define_config_flags()
     flags.DEFINE_bool("reevaluate", False, REEVALUATE_HELP)
-    app.run(main)
+    cli.run(main, "llp-train", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

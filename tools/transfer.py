@@ -11,7 +11,9 @@ WORKDIR/config.json, so its own training data must still be readable. See llp_tf
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from llp_tf.tools import cli
 
 flags.DEFINE_string("workdir", None, "the --workdir of a trained llp-train run")
 flags.DEFINE_string("checkpoint", None, "checkpoint prefix (or directory) to use; default: the latest")
@@ -26,6 +28,11 @@ flags.DEFINE_integer("seed", 0, "seed of the readout (and of the random backbone
 flags.DEFINE_string("output", None, "also write the results as JSON here")
 flags.mark_flags_as_required(["workdir", "dataset"])
 FLAGS = flags.FLAGS
+FLAG_GROUPS = [
+    ("Input", ["workdir", "checkpoint", "dataset", "data_dir"]),
+    ("Readout", ["epochs", "learning_rate", "batch_size", "weight_decay", "random_baseline", "seed"]),
+    ("Output", ["output"]),
+]
 
 
 def summary(result):
@@ -47,6 +54,7 @@ def main(argv):
     from llp_tf import transfer  # imports TensorFlow
 
     try:
+        cli.check_output_file("output", FLAGS.output, ".json")
         result = transfer.transfer(
             FLAGS.workdir, FLAGS.dataset, data_dir=FLAGS.data_dir, checkpoint=FLAGS.checkpoint,
             epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
@@ -61,7 +69,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, "llp-transfer", __doc__, FLAG_GROUPS)
 
 
 if __name__ == "__main__":

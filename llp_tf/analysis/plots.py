@@ -1,5 +1,7 @@
 """The figures of llp-analyze (paper Fig. 2), drawn with matplotlib's object API on the Agg canvas so the
-global pyplot backend is left alone.
+global pyplot backend is left alone. Each title says what a good picture looks like, for a reader who has
+not read the paper; per-epoch axes have integer ticks; in the MDS figure a colour means a class in the
+first panel and a 2-means sub-cluster in the others, from two palettes that share no colour.
 
 matplotlib is imported inside the functions that draw: it is an optional dependency (the `analysis`
 extra), and `import llp_tf.analysis` must work without it.
@@ -18,11 +20,33 @@ def _figure(width, height):
     return figure
 
 
-def _colours(count):
-    from matplotlib import colormaps  # optional dependency (docstring)
+# The MDS figure's 2-means sub-clusters; the class colours leave these two out.
+CLUSTER_COLOURS = ("tab:orange", "tab:purple")
 
-    cmap = colormaps["tab10" if count <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(count)]
+
+def _colours(count, exclude=()):
+    """`count` distinct colours (tab10, or tab20 beyond 10), none of the tab10 colours `exclude` (nor,
+    in tab20, their light twins), cycling if too few."""
+    from matplotlib import colormaps, colors  # optional dependency (docstring)
+
+    excluded = {colors.to_rgba(c) for c in exclude}
+    if count + len(exclude) <= 10:
+        palette = [c for c in colormaps["tab10"].colors if colors.to_rgba(c) not in excluded]
+    else:  # tab20 holds each tab10 colour followed by its light twin
+        pairs = np.reshape(colormaps["tab20"].colors, (10, 2, 3))
+        palette = [tuple(c) for pair in pairs if colors.to_rgba(tuple(pair[0])) not in excluded for c in pair]
+    return [palette[i % len(palette)] for i in range(count)]
+
+
+def class_colours(count):
+    """The MDS figure's class colours: none of them is a sub-cluster colour."""
+    return _colours(count, exclude=CLUSTER_COLOURS)
+
+
+def _integer_ticks(axis):
+    from matplotlib.ticker import MaxNLocator  # optional dependency (docstring)
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_aggregation_curve(curves, path, switch_epochs=()):
@@ -41,8 +65,11 @@ def plot_aggregation_curve(curves, path, switch_epochs=()):
             axes.annotate("instance recognition -> LLP", (epoch, axes.get_ylim()[0]), rotation=90, fontsize=7,
                           color=colour, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel("epoch")
+    _integer_ticks(axes.xaxis)
     axes.set_ylabel("mean over classes of |class mean embedding|")
-    axes.set_title("Aggregation along training (cf. paper Fig. 2b)")
+    axes.set_title("Aggregation along training (cf. paper Fig. 2b): how tightly each class gathers\n"
+                   "good: rising after the switch to LLP as each class's embeddings pull together "
+                   "(1 = one point)", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -65,12 +92,12 @@ def plot_norm_histogram(norm_sets, path):
         axes.hist(norms, bins=bins, alpha=0.55, color=colour, edgecolor="black", linewidth=0.5,
                   label=f"{label}: mean {norms.mean():.3f}")
         axes.axvline(norms.mean(), color=colour, linestyle="--")
-    from matplotlib.ticker import MaxNLocator  # optional dependency (docstring)
-
-    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(axes.yaxis)
     axes.set_xlabel("|class mean embedding| (per class, true labels of every bank row)")
     axes.set_ylabel("classes")
-    axes.set_title("Per-class aggregation of the final bank (cf. paper Fig. 2c)")
+    axes.set_title("Per-class aggregation of the final bank (cf. paper Fig. 2c)\n"
+                   "good: mass to the right (classes gathered tightly); classes far left are the hard ones",
+                   fontsize=9)
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
@@ -99,8 +126,9 @@ def plot_norm_scatter(first_norms, second_norms, class_names, first_label, secon
     above, below = int(np.sum(y[keep] > x[keep])), int(np.sum(y[keep] < x[keep]))
     axes.set_xlabel(f"{first_label}: per-class norm")
     axes.set_ylabel(f"{second_label}: per-class norm")
-    axes.set_title(f"Per-class aggregation (cf. Fig. 2d), {int(keep.sum())} classes:\n"
-                   f"y > x in {above}, y < x in {below}", fontsize=9)
+    axes.set_title(f"Per-class aggregation (cf. Fig. 2d), {int(keep.sum())} classes: y > x in {above}, "
+                   f"y < x in {below}\nabove the diagonal: classes the second run gathers more tightly",
+                   fontsize=9)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -108,7 +136,8 @@ def plot_norm_scatter(first_norms, second_norms, class_names, first_label, secon
 
 
 def plot_mds(panels, title, path):
-    """panels: [dict(title, points [n, 2], groups int [n], group_names, labelled bool [n])]; each
+    """panels: [dict(title, points [n, 2], groups int [n], group_names, labelled bool [n], and
+    optionally colours (one per group) and legend_title (what a colour means in this panel))]; each
     panel colours its points by group; labelled rows are larger with a black edge."""
     columns = min(len(panels), 2)
     rows = math.ceil(len(panels) / columns)
@@ -116,7 +145,7 @@ def plot_mds(panels, title, path):
     grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
     for axes, panel in zip(grid, panels):
         points, groups, labelled = panel["points"], panel["groups"], panel["labelled"]
-        colours = panel.get("colours") or _colours(len(panel["group_names"]))
+        colours = panel.get("colours") or class_colours(len(panel["group_names"]))
         for g, (name, colour) in enumerate(zip(panel["group_names"], colours)):
             plain, known = (groups == g) & ~labelled, (groups == g) & labelled
             axes.scatter(points[plain, 0], points[plain, 1], s=7, color=colour, alpha=0.6,
@@ -127,7 +156,8 @@ def plot_mds(panels, title, path):
         axes.set_aspect("equal", adjustable="datalim")
         axes.set_xticks([])
         axes.set_yticks([])
-        axes.legend(fontsize=7, markerscale=2, loc="best")
+        axes.legend(fontsize=7, markerscale=2, loc="best", title=panel.get("legend_title"),
+                    title_fontsize=7)
     for axes in grid[len(panels):]:
         axes.set_visible(False)
     figure.suptitle(title + "\nlarge points with a black edge: labelled rows", fontsize=10)

@@ -20,8 +20,8 @@ import textwrap
 import numpy as np
 
 from llp_tf import aggregation
-from llp_tf.analysis.plots import (plot_aggregation_curve, plot_mds, plot_norm_histogram,
-                                   plot_norm_scatter)
+from llp_tf.analysis.plots import (CLUSTER_COLOURS, class_colours, plot_aggregation_curve, plot_mds,
+                                   plot_norm_histogram, plot_norm_scatter)
 from llp_tf.analysis.runs import (RunState, aggregation_curve, check_classes, check_comparable,
                                   check_split_files, load_run_state)
 from llp_tf.analysis.stats import (MULTIMODALITY_DEFINITION, choose_classes, class_multimodality,
@@ -234,9 +234,10 @@ def _mds_figure(state: RunState, summary, classes, role_names, max_points_per_cl
     picked = sample_class_rows(state.true_labels, classes, max_points_per_class, seed)
     position = {c: i for i, c in enumerate(classes)}
     groups = np.array([position[int(c)] for c in state.true_labels[picked]], np.int64)
-    panels = [{"title": "chosen classes together, coloured by true class",
+    panels = [{"title": "chosen classes together: good = each class its own tight group",
                "points": mds_embedding(state.bank[picked], seed), "groups": groups,
                "group_names": [f"{names[c]} [{role}]" for c, role in zip(classes, role_names)],
+               "colours": class_colours(len(classes)), "legend_title": "colour: true class",
                "labelled": state.is_labelled[picked]}]
     if len(classes) > 1:
         for c, role in zip(classes, role_names):
@@ -253,8 +254,11 @@ def _mds_figure(state: RunState, summary, classes, role_names, max_points_per_cl
                 "title": f"{names[c]} [{role}]: norm {_fmt(summary['class_norms'][c])}, "
                          f"multimodality {_fmt(summary['class_multimodality'][c])}",
                 "points": mds_embedding(state.bank[rows], seed), "groups": sub,
-                "group_names": [f"2-means cluster {k + 1}, {share[k]:.0%} of the class" for k in (0, 1)],
-                "colours": ["tab:orange", "tab:purple"], "labelled": state.is_labelled[rows]})
+                "group_names": [f"cluster {k + 1}, {share[k]:.0%} of the class" for k in (0, 1)],
+                "colours": list(CLUSTER_COLOURS), "legend_title": "colour: 2-means sub-cluster",
+                "labelled": state.is_labelled[rows]})
     title = ("MDS (1 - cosine) of bank rows, at most %d per class: " % max_points_per_class
-             + ", ".join(f"{names[c]} [{role}]" for c, role in zip(classes, role_names)))
+             + ", ".join(f"{names[c]} [{role}]" for c, role in zip(classes, role_names))
+             + "\none class alone: two well-separated sub-clusters mean a multi-modal class (harder to "
+             "label); one blob, an easy one")
     return plot_mds(panels, title, path)

@@ -118,7 +118,7 @@ def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
         workdir=workdir, method=config.method, dataset=config.dataset, backbone=config.backbone,
         warmup_epochs=config.resolved().warmup_epochs if config.method == "llp" else 0,
         class_names=[str(name) for name in run.source.class_names],
-        rows=np.asarray(run.selection.rows), true_labels=np.asarray(run.selection.labels, np.int64),
+        rows=np.asarray(run.selection.rows), true_labels=np.asarray(run.selection.true_labels, np.int64),
         is_labelled=np.asarray(run.selection.is_labelled, bool),
         current_labels=state.labels.numpy().astype(np.int64), bank=state.bank.numpy(),
         epochs=int(state.completed_epochs.numpy()),

@@ -1,5 +1,9 @@
 """Sources held in memory as uint8 arrays: `ArraySource`, and the two file forms read into one,
-MNIST-format idx files (`load_idx_source`, `read_idx`) and a .npz (`load_npz_source`)."""
+MNIST-format idx files (`load_idx_source`, `read_idx`) and a .npz (`load_npz_source`).
+
+Class names: an npz may carry a `class_names` array; idx files carry none, so the label files of
+Fashion-MNIST and MNIST are recognised by their content (`known_idx_class_names`: the class counts of
+both splits and the first labels of each, whatever the compression) and get their published names."""
 from __future__ import annotations
 
 import gzip
@@ -10,6 +14,7 @@ import numpy as np
 
 from llp_tf.data.base import SPLITS, ListedSource
 from llp_tf.data.fingerprint import array_fingerprint
+from llp_tf.npz import open_npz, read_array
 
 
 class ArraySource(ListedSource):
@@ -29,13 +34,24 @@ class ArraySource(ListedSource):
         if self._stored["train"].shape[1:] != self._stored["test"].shape[1:]:
             raise ValueError(f"{origin}: train images are {self._stored['train'].shape[1:]} but test "
                              f"images are {self._stored['test'].shape[1:]}")
+        for split in SPLITS:
+            if not len(self._labels[split]):
+                raise ValueError(f"{origin}: x_{split} holds no images")
+        train_classes = np.unique(self._labels["train"])
+        unknown = np.setdiff1d(self._labels["test"], train_classes)
+        if unknown.size:
+            raise ValueError(f"{origin} y_test: label{'s' if unknown.size > 1 else ''} "
+                             f"{', '.join(map(str, unknown[:10]))} never occur{'s' if unknown.size == 1 else ''} "
+                             f"in y_train (its labels: {_label_ranges(train_classes)}); every test class "
+                             "needs training images: relabel or drop those test images")
         largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
         if class_names is None:
             class_names = [str(c) for c in range(largest_label + 1)]
         self.class_names = [str(name) for name in class_names]
         self.num_classes = len(self.class_names)
         if largest_label >= self.num_classes:
-            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names")
+            raise ValueError(f"{origin}: label {largest_label} but only {self.num_classes} class names "
+                             f"({', '.join(self.class_names)}): give one name per class")
         self.image_shape = tuple(int(d) for d in self._stored["train"].shape[1:])
         self.channels = self.image_shape[-1]
 
@@ -43,8 +59,7 @@ class ArraySource(ListedSource):
         if self._fingerprint is None:  # hashing the arrays takes a moment: once per source
             self._fingerprint = array_fingerprint(
                 {f"{split} {kind}": values[split] for split in SPLITS
-                 for kind, values in (("images", self._stored), ("labels", self._labels))},
-                self.class_names)
+                 for kind, values in (("images", self._stored), ("labels", self._labels))})
         return self._fingerprint
 
 
@@ -60,18 +75,46 @@ def load_idx_source(directory: str) -> ArraySource:
             raise ValueError(f"{path}: expected uint8 with {expected_ndim} dimensions, "
                              f"got {array.dtype} {array.shape}")
         arrays[key] = array
-    return ArraySource(**arrays, origin=directory)  # which adds the channel axis
+    class_names = known_idx_class_names(arrays["y_train"], arrays["y_test"])
+    return ArraySource(**arrays, class_names=class_names, origin=directory)  # adds the channel axis
+
+
+# Label files recognised by content: (train class counts, test class counts, first train labels, first
+# test labels) -> the dataset's class names, in label order.
+_FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                        "Sneaker", "Bag", "Ankle boot"]
+KNOWN_IDX_DATASETS = {
+    "Fashion-MNIST": ((6000,) * 10, (1000,) * 10, (9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9),
+                      (9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5), _FASHION_MNIST_NAMES),
+    "MNIST": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 1009, 974),
+              (5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5), (7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6),
+              [str(digit) for digit in range(10)]),
+}
+
+
+def known_idx_class_names(y_train, y_test):
+    """The published class names when the labels are those of a dataset in KNOWN_IDX_DATASETS, else
+    None (the classes are then named by their numbers)."""
+    for train_counts, test_counts, train_first, test_first, names in KNOWN_IDX_DATASETS.values():
+        if (tuple(np.bincount(y_train).tolist()) == train_counts
+                and tuple(np.bincount(y_test).tolist()) == test_counts
+                and tuple(y_train[:len(train_first)].tolist()) == train_first
+                and tuple(y_test[:len(test_first)].tolist()) == test_first):
+            return list(names)
+    return None
 
 
 def load_npz_source(path: str) -> ArraySource:
     """A .npz with x_train, y_train, x_test, y_test and, optionally, class_names."""
-    with np.load(path, allow_pickle=False) as npz:
+    with open_npz(path) as npz:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {sorted(npz.files)})")
-        class_names = list(npz["class_names"]) if "class_names" in npz.files else None
-        return ArraySource(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
-                           class_names=class_names, origin=path)
+        arrays = {key: read_array(npz, key, path) for key in ("x_train", "y_train", "x_test", "y_test")}
+        class_names = ([str(name) for name in read_array(npz, "class_names", path)]
+                       if "class_names" in npz.files else None)
+        return ArraySource(**arrays, class_names=class_names, origin=path)
 
 
 # idx format: 0, 0, a type code, the number of dimensions, then each dimension as big-endian uint32.
@@ -116,6 +159,17 @@ def _as_label_array(y, what: str) -> np.ndarray:
     if y.size and y.min() < 0:
         raise ValueError(f"{what}: negative label {y.min()}")
     return y.astype(np.int64)
+
+
+def _label_ranges(labels) -> str:
+    """'0..2, 5' for the sorted distinct labels [0, 1, 2, 5]."""
+    runs, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[i - 1] + 1:
+            first, last = labels[start], labels[i - 1]
+            runs.append(str(first) if first == last else f"{first}..{last}")
+            start = i
+    return ", ".join(runs[:5]) + (f", ... ({len(labels)} labels)" if len(runs) > 5 else "")
 
 
 def _find_idx_file(directory: str, stem: str) -> str:

@@ -107,15 +107,16 @@ def folder_fingerprint(table: FileTable, splits) -> dict:
     return {"kind": "folder", "files": counts, "skipped": int(np.sum(~kept))}
 
 
-def array_fingerprint(arrays: dict, class_names) -> dict:
-    """A SHA-256 per array (its dtype, shape and bytes), and the class names."""
+def array_fingerprint(arrays: dict) -> dict:
+    """A SHA-256 per array (its dtype, shape and bytes). Class names are not data: renaming a class
+    keeps every row."""
     hashes = {}
     for name, array in sorted(arrays.items()):
         array = np.ascontiguousarray(array)
         digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
         digest.update(memoryview(array).cast("B"))
         hashes[name] = digest.hexdigest()
-    return {"kind": "arrays", "sha256": hashes, "class_names": [str(n) for n in class_names]}
+    return {"kind": "arrays", "sha256": hashes}
 
 
 def tfds_fingerprint(name: str, version: str, splits: dict, counts: dict) -> dict:
@@ -135,12 +136,8 @@ def differences(recorded: dict, current: dict, recorded_table: FileTable | None 
             return ["the record of its folder's files is missing"]
         return _folder_differences(recorded_table, current_table)
     if current["kind"] == "arrays":
-        lines = [f"{name} differs" for name, digest in current["sha256"].items()
-                 if recorded["sha256"].get(name) != digest]
-        if recorded["class_names"] != current["class_names"]:
-            lines.append(f"class names {_listed(recorded['class_names'])} -> "
-                         f"{_listed(current['class_names'])}")
-        return lines
+        return [f"{name} differs" for name, digest in current["sha256"].items()
+                if recorded["sha256"].get(name) != digest]
     return [f"{key} {recorded.get(key)} -> {current.get(key)}" for key in sorted(current)
             if recorded.get(key) != current.get(key)]
 
@@ -176,6 +173,3 @@ def _under(paths: np.ndarray, folder: str) -> np.ndarray:
 def _shown(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
-
-def _listed(names) -> str:
-    return "[" + ", ".join(map(str, names[:SHOWN])) + (", ..." if len(names) > SHOWN else "") + "]"

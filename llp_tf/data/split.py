@@ -12,7 +12,7 @@ import numpy as np
 class Selection:
     rows: np.ndarray  # int64 [N] source rows of the training examples kept, sorted ascending
     is_labelled: np.ndarray  # bool [N]
-    labels: np.ndarray  # int64 [N] true labels (hidden for unlabelled rows in training; diagnostics)
+    true_labels: np.ndarray  # int64 [N] ground truth; of unlabelled rows read only by diagnostics
 
     @property
     def num_labelled(self) -> int:
@@ -55,7 +55,7 @@ def select_examples(labels: np.ndarray, labelled_fraction: float, kept_fraction:
 
     rows = np.sort(np.concatenate([labelled_rows, kept_unlabelled])).astype(np.int64)
     return Selection(rows=_read_only(rows), is_labelled=_read_only(np.isin(rows, labelled_rows)),
-                     labels=_read_only(labels[rows]))
+                     true_labels=_read_only(labels[rows]))
 
 
 def _labelled_rows_of_class(labels, c, fraction, rng, class_names):
