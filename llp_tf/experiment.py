@@ -67,8 +67,12 @@ class Experiment:
                          use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
                          warmup_category_loss=config.warmup_category_loss,
                          confidence_threshold=config.confidence_threshold)
-        model.compile(optimizer=keras.optimizers.SGD(self._learning_rate(), momentum=config.momentum),
-                      jit_compile=config.jit_compile)
+        optimizer = keras.optimizers.SGD(self._learning_rate(), momentum=config.momentum)
+        if config.mixed_precision == "mixed_float16":
+            # What compile() would wrap it in under that policy, here from the config alone, so that a
+            # float32 rebuild of the run (llp_tf/finished.py) has the checkpoint's optimizer too.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         model(tf.zeros((1,) + input_shape))
         model.optimizer.build(model.trainable_variables)  # slots exist before a restore
         return model

@@ -10,6 +10,8 @@ labels, so it needs every row's class. Files written before this format hold `em
 import numpy as np
 from absl import logging
 
+from llp_tf.npz import open_npz, read_array
+
 UNKNOWN = -1  # the label of a row whose class is not given
 FEATURES_KEY = "features"
 OLD_FEATURES_KEY = "embeddings"  # llp-propagate's key before the two formats were made one
@@ -41,7 +43,7 @@ def checked_unit_rows(features, origin, in_place: bool = False) -> np.ndarray:
 def load_features(path):
     """(float32 unit rows [N, D], int64 labels [N] with -1 where unknown) from the features file at
     `path` (see the module docstring); ValueError naming what is wrong with it."""
-    with np.load(path) as archive:
+    with open_npz(path) as archive:
         key = FEATURES_KEY
         if FEATURES_KEY not in archive.files and OLD_FEATURES_KEY in archive.files:
             logging.warning("%s: the key `%s` is now `%s`; reading `%s` as the features", path,
@@ -50,10 +52,16 @@ def load_features(path):
         missing = sorted({key, "labels"} - set(archive.files))
         if missing:
             raise ValueError(f"{path} lacks {missing} (it has {archive.files})")
-        features, labels = archive[key], archive["labels"]
+        features, labels = read_array(archive, key, path), read_array(archive, "labels", path)
     if features.ndim != 2 or labels.shape != (len(features),):
         raise ValueError(f"{path}: features must be [N, D] and labels [N]; got {features.shape} and "
                          f"{labels.shape}")
+    if not features.size:
+        missing = "one row per example" if not len(features) else "one dimension per row"
+        raise ValueError(f"{path}: the features are empty ({features.shape[0]} rows of "
+                         f"{features.shape[1]} dimensions): write at least {missing}")
+    if not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+        raise ValueError(f"{path}: features must be numbers, got {features.dtype}")
     if not np.issubdtype(labels.dtype, np.integer) and not (
             np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
         raise ValueError(f"{path}: labels must be whole numbers (-1 where unknown), got {labels.dtype}")

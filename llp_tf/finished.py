@@ -29,10 +29,10 @@ EVAL_SPLITS = ("test", "train")
 def load_config(workdir: str):
     """The TrainConfig of the run in `workdir` (its config.json), for one device and this workdir."""
     config = Workdir(workdir).read_config()
-    # Serving needs neither replicas nor mixed precision: rebuild on one device, in float32 (the
-    # checkpoint's variables are float32 either way). The workdir may have moved since training.
-    return dataclasses.replace(config, strategy="default", cpu_replicas=0, mixed_precision=None,
-                               workdir=workdir)
+    # Serving needs no replicas: rebuild on one device (the workdir may have moved since training).
+    # mixed_precision stays as trained: it decides the optimizer the checkpoint holds (restore_model
+    # builds in float32 whatever it says; the checkpoint's variables are float32 either way).
+    return dataclasses.replace(config, strategy="default", cpu_replicas=0, workdir=workdir)
 
 
 def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
@@ -58,7 +58,7 @@ def checkpoint_path(workdir: str, checkpoint: str | None = None) -> str:
 
 def restore_model(workdir: str, checkpoint: str | None = None):
     """(model, experiment): the LLPModel of the run in `workdir` with the weights and state of its
-    latest checkpoint (or of `checkpoint`); the optimizer is left unrestored. Rebuilds the Experiment
+    latest checkpoint (or of `checkpoint`), restored whole (optimizer and progress too). Rebuilds the Experiment
     from workdir/config.json on the default strategy and in float32, so the training dataset must
     still be readable (it gives the image size, channels, class names and the bank's size)."""
     config = load_config(workdir)
@@ -71,16 +71,9 @@ def restore_model(workdir: str, checkpoint: str | None = None):
         keras.mixed_precision.set_global_policy(previous_policy)
     model = experiment.model
     check_checkpoint_shapes(path, model.state)
-    # The checkpoint's object graph is root -> model / optimizer / state. Restoring through
-    # experiment.checkpoint would also match the optimizer, which fails for a mixed-precision run (its
-    # LossScaleOptimizer has other variables than the float32 rebuild's SGD): mirror the root without it.
-    parts = tf.Module()
-    parts.backbone = model.backbone
-    parts.embedding_head = model.embedding_head
-    parts.classifier = model.classifier
-    try:
-        status = tf.train.Checkpoint(model=parts, state=model.state).restore(path).expect_partial()
-        status.assert_existing_objects_matched()
+    _ = experiment.checkpoint.save_counter  # created on first use; every checkpoint holds one
+    try:  # the whole checkpoint (model, optimizer, state, progress): every value read, none missing
+        experiment.checkpoint.restore(path).assert_consumed()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         message = getattr(error, "message", None) or str(error)
         raise ValueError(f"checkpoint {path} does not fit the model built from {Workdir(workdir).config} "

@@ -11,7 +11,6 @@ epoch's batches come from (seed, epoch) alone, so a resumed run trains on the ba
 uninterrupted one would. What the job builds is llp_tf/experiment.py. No flags here:
 `tools/train.py` turns the command line into a TrainConfig.
 """
-import os
 import time
 
 import keras
@@ -25,15 +24,18 @@ from llp_tf.config import TrainConfig
 from llp_tf.experiment import Experiment, check_workdir
 from llp_tf.resume import (CheckpointCallback, GuardCallback, StopRequest, propagation_history, restore,
                            stop_on_signals)
+from llp_tf.workdir import Workdir
 
 
 def train(config: TrainConfig) -> dict:
     """Trains (or resumes) the job in config.workdir and returns the final metrics."""
     config = config.resolved()
     started = time.time()
+    Workdir(config.workdir).check_writable()  # before the data, which may take long to check
     configure_process(config)
     experiment = Experiment(config)
     workdir = experiment.workdir
+    workdir.create()  # once the data and settings are checked: nothing is written before
     chief = distribute.is_chief(experiment.strategy)  # the other workers of a cluster write no files
     if chief:
         check_workdir(config.workdir, experiment)
@@ -70,9 +72,8 @@ def train(config: TrainConfig) -> dict:
 
 
 def configure_process(config: TrainConfig):
-    """The process-wide settings of a job, before it builds anything: its workdir exists, dtype
-    policy, op determinism and the random seed."""
-    os.makedirs(config.workdir, exist_ok=True)
+    """The process-wide settings of a job, before it builds anything: dtype policy, op determinism
+    and the random seed."""
     if config.mixed_precision:
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     if config.deterministic:

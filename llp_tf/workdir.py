@@ -79,6 +79,29 @@ class Workdir:
         """Where llp-eval writes the evaluation of `split` by default."""
         return self._file(f"eval_{split}.json")
 
+    def check_writable(self):
+        """ValueError unless this path is a folder this process can write in, or one it can create:
+        not a file, nothing under a file, not in a read-only place. Writes nothing."""
+        existing = os.path.abspath(self.path)
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "a file" if os.path.exists(existing) else "a symbolic link to nothing"
+            where = (f"is {what}" if existing == os.path.abspath(self.path)
+                     else f"lies under {existing}, which is {what}")
+            raise ValueError(f"--workdir={self.path} {where}: a run's workdir is a folder; give a new "
+                             "folder (or the workdir of a run to resume)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--workdir={self.path}: {existing} is not writable: give a --workdir "
+                             "where this user may write")
+
+    def create(self):
+        """Makes the folder (and its parents); ValueError naming it if that fails."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--workdir={self.path} cannot be made: {error.strerror}") from None
+
     def write_config(self, config: TrainConfig):
         replace_atomically(self.config, lambda f: f.write(config.to_json().encode()))
 
@@ -96,6 +119,8 @@ class Workdir:
         """The TrainConfig recorded in config.json, as written (settings this version does not know
         are ignored with a warning). A missing workdir or config.json is named."""
         path = self.config
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"workdir {self.path} is a file, not the --workdir of an llp-train run")
         if not os.path.isdir(self.path):
             raise FileNotFoundError(f"workdir {self.path} does not exist")
         if not os.path.isfile(path):

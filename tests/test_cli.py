@@ -158,6 +158,7 @@ def test_llp_propagate_matches_the_library(tmp_path):
     result = run_tool("llp_tf.tools.propagate", f"--features={features}", f"--output={output}",
                       "--k=10", "--t=25", "--query_rows=333")
     assert "propagated" in result.stdout and " s " in result.stdout
+    assert result.stdout.rstrip().endswith(f"-> {output}")  # the path written, as given
     with np.load(output) as out:
         pseudo, confidences = out["pseudo_labels"], out["confidences"]
     assert pseudo.dtype == np.int64 and confidences.dtype == np.float32

@@ -6,13 +6,14 @@ import os
 import re
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from llp_tf import finished
 from llp_tf.data import preprocess_for_eval
-from tests.conftest import run_tool
+from tests.conftest import TINY, run_tool
 
 pytestmark = pytest.mark.slow  # every test here starts a program or trains a run
 
@@ -185,3 +186,28 @@ def test_clear_errors(trained, tmp_path):
                       check=False)
     assert result.returncode != 0
     assert "llp-export:" in result.stderr and "not an empty directory" in result.stderr
+
+
+def test_a_mixed_float16_run_is_restored_whole_and_exported(tiny_npz, tmp_path):
+    """Its checkpoint holds a LossScaleOptimizer; the float32 rebuild has the same optimizer, so the
+    whole checkpoint is restored (before: all but the optimizer, which was left at zero)."""
+    workdir, export_dir = tmp_path / "mixed", tmp_path / "exported"
+    run_tool("llp_tf.tools.train", f"--dataset=npz:{tiny_npz}", f"--workdir={workdir}", *TINY,
+             "--epochs=1", "--instance_epochs=0", "--steps_per_epoch=2", "--mixed_precision=mixed_float16")
+    result = run_tool("llp_tf.tools.export", f"--workdir={workdir}", f"--export_dir={export_dir}")
+    assert "restored " in result.stdout and "ckpt-1" in result.stdout
+    model, run = finished.restore_model(str(workdir))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.backbone.compute_dtype == "float32"  # served in float32
+    assert int(model.optimizer.iterations.numpy()) == 2
+    # Written back, the restored objects are the checkpoint, value for value.
+    original = tf.train.load_checkpoint(finished.checkpoint_path(str(workdir)))
+    rewritten = tf.train.load_checkpoint(run.checkpoint.write(str(tmp_path / "rewritten")))
+    names = set(original.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert names == set(rewritten.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert any(name.startswith("optimizer/inner_optimizer/") for name in names)
+    for name in names:
+        np.testing.assert_array_equal(rewritten.get_tensor(name), original.get_tensor(name), err_msg=name)
+    images = np.load(tiny_npz)["x_test"][:4]
+    assert_matches(tf.saved_model.load(str(export_dir)).signatures["serving_default"](
+        images=tf.constant(images)), expected(model, images))

@@ -11,6 +11,7 @@ and the labelled split is checked.
 """
 import glob
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -90,6 +91,10 @@ def test_sigint_and_sigterm_stop_at_a_step_and_reruns_finish_like_an_uninterrupt
     assert process.wait(timeout=600) == 0, kill_drill.read(f"{last}.err")[-3000:]
     assert "/interrupted/" in kill_drill.resumed_from(kill_drill.read(f"{last}.err"))
     assert_same_as_reference(reference_run, workdir)
+    # The pseudo-label history spans the three processes: the switch and both LLP epochs.
+    histories = [json.loads(kill_drill.read(Workdir(w).metrics))["pseudo_label_accuracy_history"]
+                 for w in (workdir, reference_run)]
+    assert len(histories[0]) == EPOCHS and histories[0] == histories[1]
 
 
 @pytest.mark.slow

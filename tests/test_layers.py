@@ -16,7 +16,7 @@ PACKAGE = ROOT / "llp_tf"
 LAYERS = {
     "math": ["config", "bank", "losses", "neighbours", "propagation", "aggregation", "diffusion"],
     "model": ["backbones", "model", "evaluation", "callbacks"],
-    "data": ["augment", "features", "data", "data.base", "data.arrays", "data.folders",
+    "data": ["augment", "npz", "features", "data", "data.base", "data.arrays", "data.folders",
              "data.tfds_source", "data.sources", "data.split", "data.pipelines"],
     "training job": ["checkpoints", "distribute", "workdir", "resume", "experiment", "console", "train"],
     "finished runs": ["finished", "export", "transfer", "propagation_comparison", "propagation_sweep",

@@ -100,6 +100,35 @@ def _filter_standard_error(patterns):
     atexit.register(drain)
 
 
+def check_output_file(flag, path, suffix=None, inputs=(), creates_folder=False):
+    """ValueError unless `path` (the value of --flag) can take the file a program writes at its end,
+    checked before its work so that a bad path loses none: not a directory, ending in `suffix` when
+    given, in a folder this user may write in (or, creates_folder: may create), not one of the
+    `inputs` files. Writes nothing."""
+    if not path:
+        return
+    shown = f"--{flag}={path}"
+    if os.path.isdir(path):
+        name = "output" + (suffix or ".json")
+        raise ValueError(f"{shown} is a directory: name a file, e.g. {os.path.join(path, name)}")
+    if suffix and not path.endswith(suffix):
+        raise ValueError(f"{shown}: the output is a {suffix} file; give a name ending in {suffix} "
+                         f"(e.g. {path}{suffix})")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while creates_folder and not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise ValueError(f"{shown}: {existing} is a file, not a folder: name a file in a folder")
+        raise ValueError(f"{shown}: the folder {existing} does not exist: create it or name another")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{shown}: {existing} is not writable: name a file in a folder you may write in")
+    for given in inputs:
+        if given and os.path.exists(given) and os.path.exists(path) and os.path.samefile(given, path):
+            raise ValueError(f"{shown} is the input file {given}: name another output")
+
+
 def help_text(program, summary, groups, flag_values=flags.FLAGS, module=None) -> str:
     """The program's flags, group by group: [(title, [flag names])], then under "Other" every flag that
     `module` (the program's module object) defined and no group names, so none is lost."""

@@ -104,6 +104,7 @@ def main(argv):
     try:
         if bool(FLAGS.features) == bool(FLAGS.workdir):
             raise ValueError("give exactly one of --features and --workdir")
+        cli.check_output_file("output_json", FLAGS.output_json, ".json", inputs=[FLAGS.features])
         methods = propagation_comparison.check_methods(FLAGS.methods)
         sizes = propagation_sweep.parse_sizes(FLAGS.sweep_sizes)
         features, labels = (read_features_file(FLAGS.features) if FLAGS.features

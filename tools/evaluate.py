@@ -42,6 +42,7 @@ def main(argv):
 
     output = FLAGS.output or Workdir(FLAGS.workdir).eval_results(FLAGS.split)
     try:
+        cli.check_output_file("output", FLAGS.output, ".json", creates_folder=True)
         results = finished.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split,
                                                FLAGS.knn_k)
     except (ValueError, FileNotFoundError) as error:

@@ -81,6 +81,7 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"first_propagation: unexpected arguments {argv[1:]}")
     try:
+        cli.check_output_file("output_json", FLAGS.output_json, ".json")
         results = accuracies(FLAGS.workdir, [int(k) for k in FLAGS.k])
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"first_propagation: {error}")

@@ -7,6 +7,7 @@ IN.npz is a features file (llp_tf/features.py): `features` (float [N, D]; rows a
 read). OUT.npz holds `pseudo_labels` (int64 [N]) and `confidences` (float32 [N]); labelled rows keep
 their label with confidence 1.
 """
+import os
 import sys
 import time
 
@@ -40,22 +41,37 @@ FLAG_GROUPS = [
 
 def main(argv):
     del argv
-    # Not at the top: TensorFlow loads only once the flags are parsed (--help and flag errors stay fast).
-    from llp_tf import propagation
     started = time.perf_counter()
     try:
+        # Where the result goes, then the input, before the propagation: a bad path loses no work.
+        cli.check_output_file("output", FLAGS.output, ".npz", inputs=[FLAGS.features])
         features, labels = load_features(FLAGS.features)
         num_classes = FLAGS.num_classes or int(labels.max()) + 1
         if labels.max() >= num_classes or labels.min() < -1:
-            raise ValueError(f"labels must lie in [-1, {num_classes - 1}]")
+            raise ValueError(f"{FLAGS.features}: labels must lie in [-1, {num_classes - 1}] (--num_classes="
+                             f"{num_classes}), got [{labels.min()}, {labels.max()}]")
+        # Not at the top: TensorFlow loads only once the flags and the input are checked (their
+        # errors stay fast). The time reported leaves out TensorFlow's start-up, as it did before.
+        importing = time.perf_counter()
+        from llp_tf import propagation
+        from llp_tf.checkpoints import replace_atomically
+        started += time.perf_counter() - importing
         result = propagation.propagate(
             features, labels >= 0, labels, num_classes, k=FLAGS.k, t=FLAGS.t, tau=FLAGS.tau,
             use_density=FLAGS.method == "llp", include_self=FLAGS.density_include_self,
             block_sizes=propagation.BlockSizes(FLAGS.query_rows, FLAGS.key_rows))
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"llp-propagate: {error}")
-    np.savez(FLAGS.output, pseudo_labels=result.labels.astype(np.int64),
-             confidences=result.confidences.astype(np.float32))
+    # Written beside the output, then renamed: a failure leaves no half file (and np.savez given a
+    # file object adds no .npz to its name).
+    try:
+        replace_atomically(FLAGS.output, lambda file: np.savez(
+            file, pseudo_labels=result.labels.astype(np.int64),
+            confidences=result.confidences.astype(np.float32)))
+    except OSError as error:
+        if os.path.exists(f"{FLAGS.output}.partial"):
+            os.remove(f"{FLAGS.output}.partial")
+        sys.exit(f"llp-propagate: writing --output={FLAGS.output} failed: {error.strerror}")
     seconds = time.perf_counter() - started
     settings = f"K={FLAGS.k}, T={FLAGS.t}" if FLAGS.method == "llp" else f"K={FLAGS.k}"  # kNN has no T
     print(f"propagated {int((labels < 0).sum())} unlabelled rows from {int((labels >= 0).sum())} labelled "

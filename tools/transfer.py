@@ -54,6 +54,7 @@ def main(argv):
     from llp_tf import transfer  # imports TensorFlow
 
     try:
+        cli.check_output_file("output", FLAGS.output, ".json")
         result = transfer.transfer(
             FLAGS.workdir, FLAGS.dataset, data_dir=FLAGS.data_dir, checkpoint=FLAGS.checkpoint,
             epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from llp_tf.data.base import SPLITS, ListedSource
+from llp_tf.npz import open_npz, read_array
 
 
 class ArraySource(ListedSource):
@@ -30,6 +31,16 @@ class ArraySource(ListedSource):
         if self._stored["train"].shape[1:] != self._stored["test"].shape[1:]:
             raise ValueError(f"{origin}: train images are {self._stored['train'].shape[1:]} but test "
                              f"images are {self._stored['test'].shape[1:]}")
+        for split in SPLITS:
+            if not len(self._labels[split]):
+                raise ValueError(f"{origin}: x_{split} holds no images")
+        train_classes = np.unique(self._labels["train"])
+        unknown = np.setdiff1d(self._labels["test"], train_classes)
+        if unknown.size:
+            raise ValueError(f"{origin} y_test: label{'s' if unknown.size > 1 else ''} "
+                             f"{', '.join(map(str, unknown[:10]))} never occur{'s' if unknown.size == 1 else ''} "
+                             f"in y_train (its labels: {_label_ranges(train_classes)}); every test class "
+                             "needs training images: relabel or drop those test images")
         largest_label = max(int(labels.max(initial=-1)) for labels in self._labels.values())
         if class_names is None:
             class_names = [str(c) for c in range(largest_label + 1)]
@@ -86,13 +97,14 @@ def known_idx_class_names(y_train, y_test):
 
 def load_npz_source(path: str) -> ArraySource:
     """A .npz with x_train, y_train, x_test, y_test and, optionally, class_names."""
-    with np.load(path, allow_pickle=False) as npz:
+    with open_npz(path) as npz:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)} (has {sorted(npz.files)})")
-        class_names = [str(name) for name in npz["class_names"]] if "class_names" in npz.files else None
-        return ArraySource(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
-                           class_names=class_names, origin=path)
+        arrays = {key: read_array(npz, key, path) for key in ("x_train", "y_train", "x_test", "y_test")}
+        class_names = ([str(name) for name in read_array(npz, "class_names", path)]
+                       if "class_names" in npz.files else None)
+        return ArraySource(**arrays, class_names=class_names, origin=path)
 
 
 # idx format: 0, 0, a type code, the number of dimensions, then each dimension as big-endian uint32.
@@ -137,6 +149,17 @@ def _as_label_array(y, what: str) -> np.ndarray:
     if y.size and y.min() < 0:
         raise ValueError(f"{what}: negative label {y.min()}")
     return y.astype(np.int64)
+
+
+def _label_ranges(labels) -> str:
+    """'0..2, 5' for the sorted distinct labels [0, 1, 2, 5]."""
+    runs, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[i - 1] + 1:
+            first, last = labels[start], labels[i - 1]
+            runs.append(str(first) if first == last else f"{first}..{last}")
+            start = i
+    return ", ".join(runs[:5]) + (f", ... ({len(labels)} labels)" if len(runs) > 5 else "")
 
 
 def _find_idx_file(directory: str, stem: str) -> str:

@@ -3,6 +3,7 @@
 policy (refuse, or skip and list) and the skipped-files list written into a workdir."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -32,16 +33,16 @@ class FolderSource(ListedSource):
         if not os.path.isdir(split_dirs["train"]):
             raise FileNotFoundError(f"folder source {root}: no train/ folder")
         bad_files = []  # (path, why) of every file that cannot be used, both splits
-        self.class_names = _class_folders(split_dirs["train"], bad_files)
+        self.class_names = _class_folders(root, split_dirs["train"], bad_files)
         if not self.class_names:
             raise ValueError(f"folder source {root}: train/ has no class folders")
-        _check_same_classes(self.class_names, _class_folders(split_dirs["test"], bad_files),
+        _check_same_classes(self.class_names, _class_folders(root, split_dirs["test"], bad_files),
                             split_dirs["test"])
         self.num_classes = len(self.class_names)
         self.channels = 3
         self._stored, self._labels, sizes, listed_labels = {}, {}, [], {}
         for split, split_dir in split_dirs.items():
-            paths, listed_labels[split] = _list_class_images(split_dir, self.class_names, bad_files)
+            paths, listed_labels[split] = _list_class_images(root, split_dir, self.class_names, bad_files)
             split_sizes = _decoded_sizes(paths, bad_files)
             usable = split_sizes[:, 0] >= 0
             self._stored[split], self._labels[split] = paths[usable], listed_labels[split][usable]
@@ -69,12 +70,37 @@ def _visible_entries(directory: str) -> list[os.DirEntry]:
                   key=lambda entry: entry.name)
 
 
-def _class_folders(split_dir: str, bad_files: list) -> list[str]:
+def _folder_id(path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def _kind(entry: os.DirEntry, enclosing: set) -> str:
+    """"folder", "file", or why the entry cannot be used. enclosing: the _folder_id of every folder
+    that contains the entry, so that a link back to one of them (up -> ..) is not followed for ever."""
+    try:
+        if entry.is_dir():
+            if _folder_id(entry.path) in enclosing:
+                return "a symbolic link to a folder that contains it (a loop): remove the link"
+            return "folder"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink() and not os.path.lexists(os.path.realpath(entry.path)):
+            return "a symbolic link to nothing"
+        return "not a regular file"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop (it leads back to itself): remove the link"
+        return f"cannot be read ({error.strerror})"
+
+
+def _class_folders(root: str, split_dir: str, bad_files: list) -> list[str]:
     """The class folder names of a split; files beside them go to bad_files."""
-    entries = _visible_entries(split_dir)
-    bad_files += [(os.fsencode(entry.path), "not inside a class folder")
-                  for entry in entries if not entry.is_dir()]
-    folders = [entry for entry in entries if entry.is_dir()]
+    enclosing = {_folder_id(root), _folder_id(split_dir)}
+    kinds = [(entry, _kind(entry, enclosing)) for entry in _visible_entries(split_dir)]
+    bad_files += [(os.fsencode(entry.path), "not inside a class folder" if kind == "file" else kind)
+                  for entry, kind in kinds if kind != "folder"]
+    folders = [entry for entry, kind in kinds if kind == "folder"]
     for folder in folders:
         if not folder.name.isprintable():  # undecodable bytes (surrogates), line breaks
             raise ValueError(f"{_shown(os.fsencode(folder.path))}: a class folder's name must be "
@@ -91,15 +117,16 @@ def _check_same_classes(train_classes: list[str], eval_classes: list[str], eval_
         raise ValueError(f"{eval_dir}: classes {unknown} are not in train")
 
 
-def _list_class_images(split_dir: str, class_names: list[str], bad_files: list):
+def _list_class_images(root: str, split_dir: str, class_names: list[str], bad_files: list):
     """(paths as bytes, labels int64) of the image files, class by class, each class in sorted
     order of its subfolders and files; other entries go to bad_files. Paths are kept as bytes so that
     file names in any encoding reach tf.io.read_file unchanged."""
     paths, labels = [], []
+    enclosing = {_folder_id(root), _folder_id(split_dir)}
     for label, name in enumerate(class_names):
-        for entry in _entries_under(os.path.join(split_dir, name)):
-            if not entry.is_file():
-                bad_files.append((os.fsencode(entry.path), "not a regular file"))
+        for entry, kind in _entries_under(os.path.join(split_dir, name), enclosing):
+            if kind != "file":
+                bad_files.append((os.fsencode(entry.path), kind))
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 bad_files.append((os.fsencode(entry.path), f"not a {'/'.join(IMAGE_EXTENSIONS)} file"))
             else:
@@ -108,13 +135,17 @@ def _list_class_images(split_dir: str, class_names: list[str], bad_files: list):
     return np.array(paths, dtype=bytes), np.array(labels, dtype=np.int64)
 
 
-def _entries_under(directory: str):
-    """Visible non-folder entries under directory, depth first, sorted by name at each level."""
+def _entries_under(directory: str, enclosing: set):
+    """(entry, kind) of the visible non-folder entries under directory, depth first, sorted by name
+    at each level (kind as _kind gives it; a link back to an enclosing folder is an entry, not
+    followed)."""
+    enclosing = enclosing | {_folder_id(directory)}
     for entry in _visible_entries(directory):
-        if entry.is_dir():
-            yield from _entries_under(entry.path)
+        kind = _kind(entry, enclosing)
+        if kind == "folder":
+            yield from _entries_under(entry.path, enclosing)
         else:
-            yield entry
+            yield entry, kind
 
 
 def _decode_image_file(path) -> tf.Tensor:
