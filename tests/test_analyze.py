@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from llp_tf import aggregation, analysis
+from llp_tf.config import TrainConfig
 from tests.conftest import TINY, run_tool
 from tests.datasets import write_npz
 from tests.test_cli import scalar_series
@@ -189,3 +190,13 @@ def test_command_line_errors(tiny_llp_run, tmp_path):
     assert "has 320 training examples" in result.stderr and "has 480" in result.stderr
     assert "same dataset and training split" in result.stderr
     assert not (output_dir / "class_norm_scatter.png").exists()
+
+
+def test_switch_epoch_of_a_resolved_config_as_config_json_holds_it():
+    """llp-analyze and llp-compare-propagation --workdir read config.json, the resolved config: a
+    supervised warm-up's (warmup_epochs=3, instance_epochs=0) must not be resolved (refused) again."""
+    switch_epoch = analysis.runs.switch_epoch
+    common = dict(dataset="npz:x", workdir="w", epochs=5, warmup_epochs=3)
+    assert switch_epoch(TrainConfig(**common, warmup="supervised").resolved()) == 3
+    assert switch_epoch(TrainConfig(**common).resolved()) == 3
+    assert switch_epoch(TrainConfig(**common, method="supervised").resolved()) == 0

@@ -36,7 +36,6 @@ import numpy as np
 from absl import flags, logging
 
 from llp_tf import features as features_lib
-from llp_tf import propagation_comparison, propagation_sweep
 from llp_tf.tools import cli
 
 flags.DEFINE_string("features", None, "input features file: features [N, D] and labels [N] (true classes)")
@@ -87,9 +86,7 @@ def read_features_file(path):
 
 def read_workdir(workdir):
     """(bank rows float32 [N, D], true labels [N]) of the run in `workdir`."""
-    # Not at the top: TensorFlow loads only once the flags are parsed and the console is quiet
-    # (tools/cli.py), and only for --workdir.
-    from llp_tf import analysis
+    from llp_tf import analysis  # TensorFlow: see main
     state = analysis.load_run_state(workdir)
     return features_lib.checked_unit_rows(state.bank, workdir), state.true_labels
 
@@ -97,6 +94,9 @@ def read_workdir(workdir):
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"llp-compare-propagation: unexpected arguments {argv[1:]}")
+    # Not at the top: these import TensorFlow, which loads only once the flags are parsed and the
+    # console is quiet (tools/cli.py).
+    from llp_tf import propagation_comparison, propagation_sweep
     if FLAGS.worker_job:
         return propagation_sweep.run_worker(FLAGS.worker_job)
     if not FLAGS["verbosity"].present:

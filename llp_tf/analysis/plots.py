@@ -51,7 +51,7 @@ def _integer_ticks(axis):
 
 def plot_aggregation_curve(curves, path, switch_epochs=()):
     """curves: [(label, epochs, norm_mean, norm_mean_labelled)]; switch_epochs: [(label, epoch)]
-    instance-recognition -> LLP switches drawn as dotted vertical lines."""
+    warm-up -> LLP switches drawn as dotted vertical lines."""
     figure = _figure(7, 4.5)
     axes = figure.subplots()
     colours = _colours(len(curves))
@@ -62,7 +62,7 @@ def plot_aggregation_curve(curves, path, switch_epochs=()):
     for (label, epoch), colour in zip(switch_epochs, colours):
         if epoch:
             axes.axvline(epoch, color=colour, linestyle=":", linewidth=1)
-            axes.annotate("instance recognition -> LLP", (epoch, axes.get_ylim()[0]), rotation=90, fontsize=7,
+            axes.annotate("warm-up -> LLP", (epoch, axes.get_ylim()[0]), rotation=90, fontsize=7,
                           color=colour, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel("epoch")
     _integer_ticks(axes.xaxis)

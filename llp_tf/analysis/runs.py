@@ -107,6 +107,13 @@ class RunState:
         return f"{os.path.basename(os.path.normpath(self.workdir))} ({self.method}, {self.backbone})"
 
 
+def switch_epoch(config) -> int:
+    """The epoch at whose end an LLP run switched to LLP (0 for other methods). config.json holds the
+    config as training resolved it, which is read as it is: resolving it again would refuse a supervised
+    warm-up's (warmup_epochs=N with instance_epochs=0)."""
+    return config.resolved_warmup_epochs() if config.method == "llp" else 0
+
+
 def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
     """The final bank and split of the run in `workdir` (its latest checkpoint, or `checkpoint`)."""
     workdir = str(workdir)
@@ -116,7 +123,7 @@ def load_run_state(workdir: str, checkpoint: str | None = None) -> RunState:
     config = run.config
     return RunState(
         workdir=workdir, method=config.method, dataset=config.dataset, backbone=config.backbone,
-        warmup_epochs=config.resolved().warmup_epochs if config.method == "llp" else 0,
+        warmup_epochs=switch_epoch(config),
         class_names=[str(name) for name in run.source.class_names],
         rows=np.asarray(run.selection.rows), true_labels=np.asarray(run.selection.true_labels, np.int64),
         is_labelled=np.asarray(run.selection.is_labelled, bool),
