@@ -69,7 +69,7 @@ def npz_run(tmp_path_factory):
 def test_another_npz_of_the_same_size_is_refused(npz_run, tmp_path):
     _, workdir = npz_run
     other = write_npz(tmp_path / "b.npz", seed=1)  # same counts, shapes and classes
-    line = assert_refused(workdir, f"npz:{other}", "train images differs", "train labels differs")
+    line = assert_refused(workdir, f"npz:{other}", "the train images differ", "the train labels differ")
     assert "a.npz" in line  # the data it was made for
 
 
@@ -80,7 +80,7 @@ def test_a_folder_with_one_file_swapped_is_refused(folder_run, tmp_path):
     shutil.copytree(root, copy)  # times kept: only the swapped file is read again
     swapped = copy / "train" / "c1" / "003.png"
     Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(swapped)
-    assert_refused(workdir, f"folder:{copy}", "1 files changed: train/c1/003.png")
+    assert_refused(workdir, f"folder:{copy}", "1 file changed: train/c1/003.png")
 
 
 @pytest.mark.slow
@@ -90,8 +90,8 @@ def test_a_folder_with_a_file_added_and_one_removed_is_refused(folder_run, tmp_p
     shutil.copytree(root, copy)
     os.remove(copy / "train" / "c0" / "000.png")
     shutil.copy(copy / "train" / "c2" / "001.png", copy / "train" / "c2" / "extra.png")
-    assert_refused(workdir, f"folder:{copy}", "1 files added: train/c2/extra.png",
-                   "1 files removed: train/c0/000.png")
+    assert_refused(workdir, f"folder:{copy}", "1 file added: train/c2/extra.png",
+                   "1 file removed: train/c0/000.png")
 
 
 @pytest.mark.slow
@@ -165,7 +165,7 @@ def test_a_second_opening_decodes_only_changed_files(tmp_path):
     third = data.load_source(f"folder:{root}", known_files=first.file_table)
     assert third.files_decoded == 2
     assert fingerprint.differences(first.fingerprint(), third.fingerprint(), first.file_table,
-                                   third.file_table) == ["1 files changed: train/c3/006.png"]
+                                   third.file_table) == ["1 file changed: train/c3/006.png"]
     # Only the evaluated split is opened, with the run's classes.
     shutil.rmtree(os.path.join(root, "train"))
     test_only = data.load_source(f"folder:{root}", known_files=first.file_table, splits=("test",),

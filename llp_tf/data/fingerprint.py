@@ -136,7 +136,7 @@ def differences(recorded: dict, current: dict, recorded_table: FileTable | None 
             return ["the record of its folder's files is missing"]
         return _folder_differences(recorded_table, current_table)
     if current["kind"] == "arrays":
-        return [f"{name} differs" for name, digest in current["sha256"].items()
+        return [f"the {name} differ" for name, digest in current["sha256"].items()
                 if recorded["sha256"].get(name) != digest]
     return [f"{key} {recorded.get(key)} -> {current.get(key)}" for key in sorted(current)
             if recorded.get(key) != current.get(key)]
@@ -161,7 +161,7 @@ def _folder_differences(recorded: FileTable, current: FileTable) -> list[str]:
             shown = [_shown(p) + (f" (now skipped: {skipped_now[p]})" if p in skipped_now else "")
                      for p in paths[:SHOWN]]
             more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
-            lines.append(f"{len(paths)} files {what}: {', '.join(shown)}{more}")
+            lines.append(f"{len(paths)} file{'s' * (len(paths) != 1)} {what}: {', '.join(shown)}{more}")
     return lines or ["the same files in another order"]
 
 
