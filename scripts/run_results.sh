@@ -109,3 +109,31 @@ run fmnist_llp_from_sup12_w2_s0 --flagfile=$fmnist "${long[@]}" --width=2 --init
 # as fmnist_llp_from_sup12_s0.
 run fmnist_llp_from_sup12_thr08_s0 --flagfile=$fmnist "${long[@]}" --flagfile=flags/departures/confidence_threshold.cfg \
   --init_from="$runs/fmnist_sup_s0"
+# Session 10: the recommended recipe in one run against its fair baseline (the same flags with
+# --method=supervised, at two learning rates), on both datasets, two seeds; and the paper's schedule
+# (10 instance-recognition + 200 LLP epochs) on 10,000 images with 10 labels per class.
+recipe=flags/recommended.cfg
+fm_data=--dataset=idx:/usr/share/datasets/fashion-mnist
+cf_data=--dataset=folder:/tmp/cifar10-jpg
+low=--lr_values=0.03,0.003,0.009,0.0009
+for seed in 0 1; do
+  run fmnist_recipe_s$seed --flagfile=$recipe $fm_data --seed=$seed
+  run fmnist_recipe_sup_s$seed --flagfile=$recipe $fm_data --seed=$seed --method=supervised
+  run fmnist_recipe_sup_low_s$seed --flagfile=$recipe $fm_data --seed=$seed --method=supervised $low
+  run fmnist_recipe_sup_p100_s$seed --flagfile=$recipe $fm_data --seed=$seed --method=supervised --labelled_fraction=1
+  run cifar_recipe_s$seed --flagfile=$recipe $cf_data --seed=$seed
+  run cifar_recipe_sup_s$seed --flagfile=$recipe $cf_data --seed=$seed --method=supervised
+  run cifar_recipe_sup_low_s$seed --flagfile=$recipe $cf_data --seed=$seed --method=supervised $low
+  run cifar_recipe_sup_p100_s$seed --flagfile=$recipe $cf_data --seed=$seed --method=supervised --labelled_fraction=1
+done
+paper_schedule=(--epochs=210 --learning_rate=0.03 --lr_drop_epochs=130,170,190)
+for seed in 0 1; do
+  run fmnist10k_paper_llp_s$seed --flagfile=$fmnist --kept_fraction=0.16667 --labelled_fraction=0.0016667 \
+    --instance_epochs=10 "${paper_schedule[@]}" --seed=$seed
+  run fmnist10k_paper_sup_s$seed --flagfile=$fmnist --kept_fraction=0.16667 --labelled_fraction=0.0016667 \
+    --method=supervised "${paper_schedule[@]}" --seed=$seed
+  run cifar10k_paper_llp_s$seed --flagfile=$cifar --kept_fraction=0.2 --labelled_fraction=0.002 \
+    --instance_epochs=10 "${paper_schedule[@]}" --seed=$seed
+  run cifar10k_paper_sup_s$seed --flagfile=$cifar --kept_fraction=0.2 --labelled_fraction=0.002 \
+    --method=supervised "${paper_schedule[@]}" --seed=$seed
+done
