@@ -31,4 +31,7 @@ def build_model(backbone, input_shape, num_classes, is_labelled, labels, width=N
     model = LLPModel(build_backbone(backbone, input_shape, width=width), num_classes, state)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     model(tf.zeros((1,) + tuple(input_shape)))
+    # Built for every variable: a phase trains only some of them (LLPModel.phase_variables), and an
+    # optimizer first used by one phase would refuse the other heads later.
+    model.optimizer.build(model.trainable_variables)
     return model
