@@ -226,6 +226,17 @@ def block_parts():
         print(f"{name}: {min(times):.2f}")
 
 
+def time_methods(num_rows, num_labelled):
+    """Best seconds of propagation, TF matmul and NumPy matmul on one synthetic bank."""
+    bank, labels, is_labelled = synthetic_bank(num_rows, num_labelled)
+    bank_array = bank.numpy()
+    return best_seconds({
+        "propagation": lambda: run_propagation(bank, labels, is_labelled),
+        "tf": lambda: tf_matmul(bank, is_labelled),
+        "numpy": lambda: numpy_matmul(bank_array, is_labelled),
+    }, FLAGS.repeats)
+
+
 def main(argv):
     del argv
     if FLAGS.memory_child:
@@ -251,15 +262,8 @@ def main(argv):
             print(f"| {num_rows:,} | {num_labelled:,} | skipped: needs ~{needed:,.0f} MiB, "
                   f"{available_mib():,.0f} available |")
             continue
-        bank, labels, is_labelled = synthetic_bank(num_rows, num_labelled)
-        bank_array = bank.numpy()
         gflop = 2 * FLAGS.dim * (num_labelled * num_rows + (num_rows - num_labelled) * num_labelled) / 1e9
-        seconds = best_seconds({
-            "propagation": lambda: run_propagation(bank, labels, is_labelled),
-            "tf": lambda: tf_matmul(bank, is_labelled),
-            "numpy": lambda: numpy_matmul(bank_array, is_labelled),
-        }, FLAGS.repeats)
-        del bank, bank_array
+        seconds = time_methods(num_rows, num_labelled)  # the bank is freed on return
         matmul = min(seconds["tf"], seconds["numpy"])
         memory = measure_memory(size_text) if FLAGS.memory else None
         memory_cells = ("| - | - | - |" if memory is None else
