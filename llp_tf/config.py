@@ -77,7 +77,9 @@ class TrainConfig:
         128, "D: size of the L2-normalised embedding and of the bank rows (paper: 128)")
     tau: float = setting(0.07, "temperature of the non-parametric softmax (paper: 0.07)")
     bank_momentum: float = setting(0.5, "m of bank <- normalize(m * bank + (1 - m) * v) (paper: 0.5)")
-    bank_init: str = setting("network", "network: fill with the untrained net's embeddings | random")
+    bank_init: str = setting("network", "network: fill with the untrained net's embeddings (not done where "
+                             "no loss reads the bank before its refill: a supervised warm-up, "
+                             "--method=supervised) | random")
     k: int = setting(10, "K: labelled neighbours that vote (paper: 10)")
     t: int = setting(25, "T: neighbours of the local density (paper: 25)")
     use_density: bool = setting(True, "density-weighted LLP votes; off: plain weighted kNN")
