@@ -236,6 +236,20 @@ class TrainConfig:
         instance = warmup_epochs if self.warmup == "instance" and self.method != "supervised" else 0
         return dataclasses.replace(self, warmup_epochs=warmup_epochs, instance_epochs=instance)
 
+    def refills_bank_at_switch(self) -> bool:
+        """A supervised warm-up leaves the bank holding only the labelled rows' embeddings, so the
+        switch to LLP refills it from the trained network before the first propagation."""
+        return (self.method != "supervised" and self.warmup == "supervised"
+                and self.resolved_warmup_epochs() > 0)
+
+    def fills_bank_at_start(self) -> bool:
+        """--bank_init=network fills the bank from the untrained network at the start, unless no loss
+        reads it before it is written anew: after a refill at the switch, or with --method=supervised
+        (the bank serves only the kNN evaluation, which reads the labelled rows, and every training
+        step writes those). Skipping saves a pass over the data."""
+        return self.bank_init == "network" and not (self.method == "supervised"
+                                                    or self.refills_bank_at_switch())
+
     def learning_rates(self):
         """The schedule as (drop epochs, values): values[i] holds from drop epoch i - 1 (or 0) to drop
         epoch i, for the whole run (warm-up included, so --method=supervised with the same flags

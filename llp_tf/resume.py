@@ -224,7 +224,7 @@ def restore(experiment):
             remove_leftovers(directory, completed_epochs=0)
         if config.init_from:
             init_network(experiment, config.init_from)
-        if config.bank_init == "network" and not bank_refilled_before_use(config):
+        if config.fills_bank_at_start():
             experiment.fill_bank()
         return 0, 0
     for path, position in saved:
@@ -246,14 +246,6 @@ def restore(experiment):
         return position
     raise TrainingFailed(f"no checkpoint in {directory} reads back whole (tried "
                          f"{', '.join(candidates)}): move them away to start over")
-
-
-def bank_refilled_before_use(config) -> bool:
-    """True when no loss reads the bank before it is filled anew, so the untrained network's fill at
-    the start would be a wasted pass over the data: a supervised warm-up (the bank is refilled from
-    its network at the switch) and --method=supervised (the bank serves only the kNN evaluation,
-    which reads the labelled rows, and every training step writes those)."""
-    return config.method == "supervised" or (config.warmup == "supervised" and config.warmup_epochs > 0)
 
 
 def init_network(experiment, workdir):

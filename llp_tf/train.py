@@ -121,9 +121,7 @@ def make_callbacks(experiment: Experiment, stop_request=None, resume_at=(0, 0)):
             true_labels=experiment.selection.true_labels, first_epoch=config.warmup_epochs,
             repeat=config.method == "llp",
             refresh_bank=experiment.fill_bank if config.refresh_bank else None,
-            # After a supervised warm-up the bank holds only the labelled rows' embeddings: refill it
-            # from the network before the first propagation.
-            fill_bank_at_switch=experiment.fill_bank if config.warmup == "supervised" else None)
+            fill_bank_at_switch=experiment.fill_bank if config.refills_bank_at_switch() else None)
     callbacks = [KnnCallback(experiment.eval_dataset(), k=config.eval_knn_k, tau=config.tau),
                  RecordAtEpochEnd(experiment.progress.warmup_val_top1, "val_top1",
                                   config.warmup_epochs if config.method != "supervised" else None),

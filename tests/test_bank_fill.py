@@ -12,6 +12,7 @@ from tests.datasets import write_npz
 @pytest.mark.parametrize("settings, filled", [
     (dict(warmup="instance", warmup_epochs=1), True),
     (dict(warmup="supervised", warmup_epochs=1), False),
+    (dict(warmup="supervised", warmup_epochs=0), True),  # no switch: the first propagation reads it
     (dict(method="supervised"), False),
     (dict(warmup="supervised", warmup_epochs=1, bank_init="random"), False),
 ])
