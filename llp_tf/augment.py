@@ -24,6 +24,9 @@ CROP_MAX_ATTEMPTS = 100  # the authors' value; after that the whole image is use
 GRAYSCALE_PROBABILITY = 0.2
 JITTER_STRENGTH = 0.4
 FLIP_PROBABILITY = 0.5
+# The weak view of the consistency departure (FixMatch's "flip and shift"): a crop of 80-100 % of the
+# area and the flip, no colour change.
+WEAK_CROP_AREA_MIN = 0.8
 
 # Independent sub-seeds, one per random decision, split from the example's seed.
 _CROP, _GRAY, _ORDER, _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE, _FLIP = range(8)
@@ -53,6 +56,14 @@ def augment_image(image, seed, image_size: int, crop_area_min: float = CROP_AREA
     if flip:
         image = random_flip(image, seeds[_FLIP])
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def weak_view(image, seed, image_size: int, flip: bool = True) -> tf.Tensor:
+    """The weakly augmented view of one image for the consistency departure: a random resized crop of
+    WEAK_CROP_AREA_MIN to all of the area, mirrored half of the time if flip; float32
+    [image_size, image_size, C] in [0, 1], a pure function of (image, seed)."""
+    return augment_image(image, seed, image_size, crop_area_min=WEAK_CROP_AREA_MIN, flip=flip,
+                         jitter=False, grayscale=False)
 
 
 def random_resized_crop(image: tf.Tensor, seed, image_size: int,

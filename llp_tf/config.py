@@ -109,6 +109,13 @@ class TrainConfig:
         "labelled examples")
     confidence_threshold: float = setting(
         0.0, "(departure) pseudo-labels with a confidence below this weigh 0 in the loss")
+    consistency_weight: float = setting(
+        0.0, "(departure) weight of a FixMatch-style loss in the LLP epochs: the classifier's confident "
+        "prediction on a weakly augmented view (a crop of at least 0.8 of the area, and the flip) of each "
+        "unlabelled image is the target of its logits on the training view; 0: off (paper)")
+    consistency_threshold: float = setting(
+        0.95, "(departure) with --consistency_weight, the smallest probability of the weak view's "
+        "prediction that makes it a target (FixMatch: 0.95)")
     refresh_bank: bool = setting(
         False, "(departure) before each propagation, re-embed every kept image unaugmented into the "
         "bank; paper: the bank holds momentum averages of the training views' embeddings")
@@ -181,6 +188,13 @@ class TrainConfig:
             raise ValueError(f"--confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
         if self.confidence_threshold and not self.use_confidence:
             raise ValueError("--confidence_threshold needs --use_confidence")
+        if self.consistency_weight < 0:
+            raise ValueError(f"--consistency_weight must be >= 0, got {self.consistency_weight}")
+        if not 0 <= self.consistency_threshold <= 1:
+            raise ValueError(f"--consistency_threshold must be in [0, 1], got {self.consistency_threshold}")
+        if self.consistency_weight and (self.method != "llp" or not self.augment):
+            raise ValueError("--consistency_weight needs --method=llp and --augment: it compares two "
+                             "augmented views in the LLP epochs")
         if self.jit_compile and self.cpu_replicas > 1:
             raise ValueError(f"--jit_compile cannot run under --cpu_replicas={self.cpu_replicas}: XLA "
                              "cannot reach the other logical CPUs' variable copies (a TensorFlow "

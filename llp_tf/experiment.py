@@ -64,10 +64,12 @@ class Experiment:
         training and the supervised warm-up)."""
         config = self.config
         seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+        if labelled_only is None:
+            labelled_only = config.method == "supervised"
         return distribute.shard_by_data(data.train_dataset(
             self.source, self.selection, config.batch_size, self.image_size, augment=config.augment,
-            seed=seed,
-            labelled_only=config.method == "supervised" if labelled_only is None else labelled_only,
+            seed=seed, labelled_only=labelled_only,
+            weak_views=bool(config.consistency_weight) and not labelled_only,
             labelled_per_batch=config.labelled_per_batch, crop_area_min=config.crop_area_min,
             random_flip=config.random_flip, color_jitter=config.color_jitter,
             random_grayscale=config.random_grayscale).skip(skip_steps))
@@ -117,7 +119,9 @@ def build_model(config: TrainConfig, input_shape, num_classes, is_labelled, true
                      bank_momentum=config.bank_momentum, use_confidence=config.use_confidence,
                      use_category_loss=config.use_category_loss, weight_decay=config.weight_decay,
                      warmup_category_loss=config.warmup_category_loss,
-                     confidence_threshold=config.confidence_threshold)
+                     confidence_threshold=config.confidence_threshold,
+                     consistency_weight=config.consistency_weight,
+                     consistency_threshold=config.consistency_threshold)
     optimizer = keras.optimizers.SGD(_learning_rate(config, steps), momentum=config.momentum)
     if config.mixed_precision == "mixed_float16":
         # What compile() would wrap it in under that policy, here from the config alone, so that a

@@ -114,6 +114,17 @@ def category_loss(labels, logits) -> tf.Tensor:
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
 
 
+def consistency_loss(strong_logits, weak_logits, threshold: float):
+    """A departure from the paper (FixMatch's unlabelled loss, Sohn et al. 2020): the classifier's
+    prediction on a weakly augmented view is the target of its logits on a strongly augmented view of
+    the same image, where that prediction's probability reaches `threshold`; elsewhere 0. No gradient
+    reaches the weak view. Returns (per-example loss [B], mask [B] of 1 where the target counts)."""
+    probabilities = tf.nn.softmax(tf.stop_gradient(tf.cast(weak_logits, tf.float32)), axis=1)
+    targets = tf.argmax(probabilities, axis=1)
+    mask = tf.cast(tf.reduce_max(probabilities, axis=1) >= threshold, tf.float32)
+    return category_loss(targets, strong_logits) * mask, mask
+
+
 def llp_loss(aggregation, category, confidences, use_confidence=True, use_category=True):
     """c * (L_C + L_A) per example (Eq. 4, without the weight penalty which Keras adds)."""
     per_example = aggregation + category if use_category else aggregation

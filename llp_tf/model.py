@@ -57,11 +57,16 @@ class LLPModel(keras.Model):
     phase "llp": c * (L_C + L_A) against the current labels (Eq. 4).
     phase "supervised": cross-entropy on the true labels of the batch (the baseline; feed it
     labelled examples only). The bank is updated in every phase, so kNN evaluation works for all.
+
+    consistency_weight > 0 (a departure): batches carry a fourth element, a weakly augmented view of
+    each image, and in phase "llp" every unlabelled example adds consistency_weight times
+    losses.consistency_loss (its weak view's confident prediction as the target of its training view).
     """
 
     def __init__(self, backbone, num_classes, state: LLPState, tau=0.07, bank_momentum=0.5,
                  use_confidence=True, use_category_loss=True, weight_decay=1e-4,
-                 warmup_category_loss=False, confidence_threshold=0.0, **kwargs):
+                 warmup_category_loss=False, confidence_threshold=0.0, consistency_weight=0.0,
+                 consistency_threshold=0.95, **kwargs):
         super().__init__(**kwargs)
         regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
         self.backbone = backbone
@@ -78,9 +83,13 @@ class LLPModel(keras.Model):
         self.use_category_loss = use_category_loss
         self.warmup_category_loss = warmup_category_loss
         self.confidence_threshold = confidence_threshold
+        self.consistency_weight = consistency_weight
+        self.consistency_threshold = consistency_threshold
         self._phase = "instance"
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in (
-            "loss", "aggregation_loss", "category_loss", "weight_decay_loss")}
+        tracked = ["loss", "aggregation_loss", "category_loss", "weight_decay_loss"]
+        if consistency_weight:
+            tracked += ["consistency_loss", "consistency_mask"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in tracked}
         self.trackers["top1"] = keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1")
         self.trackers["top5"] = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
 
@@ -109,7 +118,8 @@ class LLPModel(keras.Model):
         return list(self.trackers.values())
 
     def per_example_loss(self, outputs, true_labels, indices, bank):
-        """(per-example loss [B], aggregation part [B], category part [B]) of the current phase."""
+        """(per-example loss [B], aggregation part [B], category part [B]) of the current phase,
+        without the consistency departure (consistency_term)."""
         embeddings, logits = outputs["embeddings"], outputs["logits"]
         zeros = tf.zeros_like(embeddings[:, 0])
         if self._phase == "instance":
@@ -135,6 +145,17 @@ class LLPModel(keras.Model):
                                 self.use_confidence, self.use_category_loss)
         return total, aggregation, category
 
+    def consistency_term(self, logits, weak_logits, indices):
+        """(consistency_weight x losses.consistency_loss, 0 on labelled rows [B]; the loss's mask [B];
+        1 on the unlabelled rows [B])."""
+        loss, mask = losses.consistency_loss(logits, weak_logits, self.consistency_threshold)
+        unlabelled = tf.cast(~tf.gather(self.state.is_labelled, indices), loss.dtype)
+        return self.consistency_weight * loss * unlabelled, mask, unlabelled
+
+    def uses_weak_view(self, data):
+        """True when this step adds the consistency term: phase llp, weight > 0, a weak view given."""
+        return self._phase == "llp" and bool(self.consistency_weight) and len(data) > 3
+
     def phase_variables(self):
         """The variables this phase trains: a head no loss of the phase reaches is left out (the
         classifier during instance recognition, the embedding head in supervised training), rather
@@ -155,13 +176,20 @@ class LLPModel(keras.Model):
         return true_labels
 
     def train_step(self, data):
-        images, true_labels, indices = data
+        images, true_labels, indices = data[:3]
+        weak_logits = None
+        if self.uses_weak_view(data):  # the target only: no gradient, batch-norm in inference mode
+            weak_logits = tf.stop_gradient(self(data[3], training=False)["logits"])
         # The loss reads the bank before this step's update (METHOD.md, memory bank).
         bank = bank_lib.read_whole(self.state.bank, without_copy=not self.jit_compile)
         with tf.GradientTape() as tape:
             outputs = self(images, training=True)
             per_example, aggregation, category = self.per_example_loss(
                 outputs, true_labels, indices, bank)
+            if weak_logits is not None:
+                consistency, consistency_mask, unlabelled = self.consistency_term(
+                    outputs["logits"], weak_logits, indices)
+                per_example = per_example + consistency
             # Gradients are summed over replicas: divide by the global batch once, here.
             data_loss = tf.nn.compute_average_loss(per_example)
             weight_loss = tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else 0.0
@@ -179,6 +207,10 @@ class LLPModel(keras.Model):
         self.trackers["aggregation_loss"].update_state(aggregation)
         self.trackers["category_loss"].update_state(category)
         self.trackers["weight_decay_loss"].update_state(weight_loss * replicas)
+        if weak_logits is not None:
+            self.trackers["consistency_loss"].update_state(consistency)
+            # The share of the batch's unlabelled examples whose weak view gave a target.
+            self.trackers["consistency_mask"].update_state(consistency_mask, sample_weight=unlabelled)
         self._update_accuracy(self.target_labels(true_labels, indices), outputs["logits"])
         return {m.name: m.result() for m in self.metrics}
 
@@ -197,7 +229,7 @@ class LLPModel(keras.Model):
             self.trackers["top5"].update_state(labels, logits)
 
     def test_step(self, data):
-        images, true_labels, _ = data
+        images, true_labels = data[0], data[1]
         outputs = self(images, training=False)
         category = losses.category_loss(true_labels, outputs["logits"])
         self.trackers["category_loss"].update_state(category)

@@ -30,7 +30,8 @@ FLAG_GROUPS = [
     ("Method", ["method", "backbone", "width", "embedding_dim", "tau", "bank_momentum", "bank_init", "k",
                 "t", "use_density", "density_include_self", "use_confidence", "use_category_loss"]),
     ("Method, departures from the paper (off by default)", [
-        "labelled_per_batch", "warmup_category_loss", "confidence_threshold", "refresh_bank",
+        "labelled_per_batch", "warmup_category_loss", "confidence_threshold", "consistency_weight",
+        "consistency_threshold", "refresh_bank",
         "init_from"]),
     ("Schedule", ["epochs", "warmup", "warmup_epochs", "instance_epochs", "steps_per_epoch", "batch_size",
                   "learning_rate", "lr_drop_epochs", "lr_drop_factor", "lr_values", "momentum",

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from llp_tf.augment import CROP_AREA_RANGE, augment_image, resize_square
+from llp_tf.augment import CROP_AREA_RANGE, augment_image, resize_square, weak_view
 from llp_tf.data.base import AUTOTUNE, Source
 from llp_tf.data.split import Selection
 
@@ -17,7 +17,8 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
                   augment: bool = True, seed: int = 0, labelled_only: bool = False,
                   shuffle_buffer: int | None = None, labelled_per_batch: int = 0,
                   crop_area_min: float = CROP_AREA_RANGE[0], random_flip: bool = True,
-                  color_jitter: bool = True, random_grayscale: bool = True) -> tf.data.Dataset:
+                  color_jitter: bool = True, random_grayscale: bool = True,
+                  weak_views: bool = False) -> tf.data.Dataset:
     """Endless batches (images float32 [B, S, S, C] in [0, 1], labels int64 [B], indices int64 [B])
     of the selected training examples: pass after pass, each pass a new shuffle and new augmentations
     drawn from `seed`, the partial last batch of a pass dropped; indices are bank rows (positions in
@@ -34,6 +35,10 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
     paper's 0.2 unless changed, a departure); random_flip, color_jitter, random_grayscale switch those
     parts of the augmentation off alone (all on in the paper).
 
+    weak_views (the consistency departure, with augment): each batch carries a fourth element, the
+    weakly augmented view (augment.weak_view) of each image [B, S, S, C], drawn from its own seed;
+    the first three elements are the same as without it.
+
     A set of rows smaller than its batch (fewer labelled images than labelled_per_batch, or than
     batch_size with labelled_only) is cycled: its passes run on into each other, each reshuffled, so a
     batch may hold an example twice."""
@@ -41,6 +46,10 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
     augmenter = (functools.partial(augment_image, image_size=image_size, crop_area_min=crop_area_min,
                                    flip=random_flip, jitter=color_jitter, grayscale=random_grayscale)
                  if augment else None)
+    if weak_views:
+        if not augment:
+            raise ValueError("weak views need the augmentation on (--augment)")
+        augmenter = _with_weak_view(augmenter, image_size, random_flip)
     if labelled_only:
         return _batches(source, selection, all_rows[selection.is_labelled], batch_size, image_size,
                         augmenter, seed, shuffle_buffer, "labelled ")
@@ -60,6 +69,15 @@ def train_dataset(source: Source, selection: Selection, batch_size: int, image_s
     return _deterministic(mixed.prefetch(AUTOTUNE))
 
 
+def _with_weak_view(augmenter, image_size, flip):
+    """(image, seed) -> (augmenter's view, weak view), the weak one drawn from a seed folded from the
+    example's, so the first view is the one augmenter alone would give."""
+    def both(image, seed):
+        weak_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 1)
+        return augmenter(image, seed), weak_view(image, weak_seed, image_size, flip)
+    return both
+
+
 def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, seed, shuffle_buffer,
              kind=""):
     """train_dataset's endless batches of the given bank rows (see there); augmenter: (image, seed) ->
@@ -75,11 +93,12 @@ def _batches(source, selection, bank_rows, batch_size, image_size, augmenter, se
 
     def prepare(stored_example, example_seed):
         image, label, position = source.decode(*stored_example)
-        if augmenter is not None:
-            image = augmenter(image, example_seed)
-        else:
-            image = preprocess_for_eval(image, image_size)
-        return image, label, tf.gather(bank_row_of_position, position)
+        if augmenter is None:
+            return preprocess_for_eval(image, image_size), label, tf.gather(bank_row_of_position, position)
+        views = augmenter(image, example_seed)
+        if isinstance(views, tuple):  # (training view, weak view): the weak one goes last
+            return views[0], label, tf.gather(bank_row_of_position, position), views[1]
+        return views, label, tf.gather(bank_row_of_position, position)
 
     def endless_passes(_):
         # Built inside flat_map, so every iteration of the returned dataset builds these afresh and
