@@ -167,6 +167,18 @@ def softmax_cross_entropy(labels, logits):
     return np.array([log_sum_exp(z) - z[y] for z, y in zip(np.asarray(logits, np.float64), labels)])
 
 
+def consistency_loss(strong_logits, weak_logits, threshold):
+    """The consistency departure (FixMatch's unlabelled loss): with p = softmax(weak logits), the
+    target argmax p counts where max p >= threshold; the loss is -log softmax(strong logits)[target]
+    there and 0 elsewhere. Returns (loss, mask) per example."""
+    weak = np.asarray(weak_logits, np.float64)
+    probabilities = np.exp(weak - weak.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    targets = probabilities.argmax(axis=1)
+    mask = (probabilities.max(axis=1) >= threshold).astype(np.float64)
+    return softmax_cross_entropy(targets, strong_logits) * mask, mask
+
+
 # ----------------------------------------------------------------------------- memory bank
 
 def blended_rows(old_rows, embeddings, momentum):

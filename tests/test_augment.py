@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from llp_tf import augment
 from llp_tf.augment import augment_image, random_resized_crop, resize_square
 
 SHAPES = [(28, 28, 1), (32, 32, 3), (50, 70, 3)]
@@ -102,7 +103,6 @@ def test_resize_square_antialiases_only_when_shrinking():
 
 def _composed(image, seed, image_size, crop_area_min, parts):
     """augment_image rebuilt from its public parts with the same sub-seeds, keeping only `parts`."""
-    from llp_tf import augment
     image = tf.image.convert_image_dtype(image, tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.constant(seed, tf.int64), num=augment._NUM_SUB_SEEDS)
     image = augment.random_resized_crop(image, seeds[augment._CROP], image_size, crop_area_min)
@@ -136,3 +136,18 @@ def test_each_switch_removes_its_part_and_nothing_else(off, shape):
         assert changed == 0  # one channel: grayscale never applies
     else:
         assert changed >= 2
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_weak_view_is_a_mild_crop_and_the_flip_alone(shape):
+    """The consistency departure's weak view: the crop keeps at least WEAK_CROP_AREA_MIN of the area,
+    the flip as configured, and no colour part (the paper's pipeline with only those two parts)."""
+    image = random_image(shape, seed=4)
+    for seed in range(6):
+        for flip in (True, False):
+            parts = ["flip"] if flip else []
+            np.testing.assert_allclose(
+                augment.weak_view(image, [seed, 2], 24, flip=flip),
+                _composed(image, [seed, 2], 24, augment.WEAK_CROP_AREA_MIN, parts), atol=1e-6)
+    views = [augment.weak_view(image, [seed, 2], 24).numpy() for seed in range(6)]
+    assert len({v.tobytes() for v in views}) > 1  # it is random

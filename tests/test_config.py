@@ -41,6 +41,10 @@ def test_warmup_resolves(values, warmup, warmup_epochs, instance_epochs):
     ({"lr_drop_epochs": (10,)}, "--lr_drop_epochs must increase and lie within"),
     ({"lr_drop_epochs": (5,), "lr_values": (0.1,)}, "--lr_values needs one more value"),
     ({"lr_drop_epochs": (5,), "lr_values": (0.1, -0.1)}, "--lr_values must all be positive"),
+    ({"consistency_weight": -1.0}, "--consistency_weight must be >= 0"),
+    ({"consistency_threshold": 1.5}, "--consistency_threshold must be in [0, 1], got 1.5"),
+    ({"consistency_weight": 1.0, "method": "supervised"}, "--consistency_weight needs --method=llp"),
+    ({"consistency_weight": 1.0, "augment": False}, "--consistency_weight needs --method=llp and --augment"),
 ])
 def test_settings_that_cannot_work_name_their_flag(values, message):
     with pytest.raises(ValueError, match=None) as raised:

@@ -451,6 +451,29 @@ def test_train_dataset_with_labelled_examples_in_every_batch():
     assert counts.max() - counts.min() <= 1  # passes one after another: every example equally often
 
 
+@pytest.mark.parametrize("labelled_per_batch", [0, 3])
+def test_train_dataset_weak_views_are_a_fourth_element_and_change_nothing_else(labelled_per_batch):
+    """The consistency departure's batches: the same first three elements as without it, and the weak
+    view of the same images (every pixel of these images is its row number, which the weak view's crop
+    and flip keep and the training view's colour jitter changes)."""
+    source = array_source(num_train=60)
+    selection = data.select_examples(source.labels("train"), 0.2)
+    plain = data.train_dataset(source, selection, 8, 8, seed=2, labelled_per_batch=labelled_per_batch)
+    weak = data.train_dataset(source, selection, 8, 8, seed=2, labelled_per_batch=labelled_per_batch,
+                              weak_views=True)
+    jittered = 0
+    for without, (images, labels, indices, weak_images) in zip(collect(plain.take(4)), collect(weak.take(4))):
+        for a, b in zip(without, (images, labels, indices)):
+            np.testing.assert_array_equal(a, b)
+        assert weak_images.shape == images.shape and weak_images.dtype == np.float32
+        np.testing.assert_allclose(weak_images * 255, np.broadcast_to(
+            selection.rows[indices][:, None, None, None], weak_images.shape).astype(np.float32), atol=1e-3)
+        jittered += not np.allclose(images * 255, weak_images * 255, atol=1e-3)
+    assert jittered
+    with pytest.raises(ValueError, match="weak views need the augmentation"):
+        data.train_dataset(source, selection, 8, 8, augment=False, weak_views=True)
+
+
 def test_train_dataset_is_reproducible_from_its_seed():
     source = array_source(shape=(12, 12, 3))
     selection = data.select_examples(source.labels("train"), 0.2)

@@ -225,3 +225,33 @@ def test_instance_loss_gradient_equals_aggregation_gradient_with_instance_labels
                                              DATA["indices"], 0.07)
     np.testing.assert_allclose(tape.gradient(loss, embeddings).numpy(), expected, rtol=1e-8,
                                atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- consistency departure
+
+@pytest.mark.parametrize("threshold", [0.0, 0.6, 0.95])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_consistency_loss_matches_reference(threshold, dtype):
+    """FixMatch's unlabelled loss: the weak view's confident argmax as the strong view's target."""
+    rng = np.random.default_rng(3)
+    weak = (rng.normal(size=(BATCH, NUM_CLASSES)) * 3).astype(np.float32).astype(np.float64)
+    weak[:4, 0] = 30.0  # certainly confident rows, so the mask holds ones at every threshold < 1
+    strong = (rng.normal(size=(BATCH, NUM_CLASSES)) * 3).astype(np.float32).astype(np.float64)
+    loss, mask = losses.consistency_loss(tf.constant(strong.astype(dtype)),
+                                         tf.constant(weak.astype(dtype)), threshold)
+    expected, expected_mask = ref.consistency_loss(strong, weak, threshold)
+    np.testing.assert_array_equal(mask.numpy(), expected_mask)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-6)
+    if 0 < threshold < 1:  # the test data reach both sides of the threshold
+        assert 0 < expected_mask.sum() < BATCH
+
+
+def test_consistency_loss_sends_no_gradient_to_the_weak_view():
+    weak = tf.Variable(np.random.default_rng(4).normal(size=(8, NUM_CLASSES)).astype(np.float32) * 5)
+    strong = tf.Variable(np.random.default_rng(5).normal(size=(8, NUM_CLASSES)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss, _ = losses.consistency_loss(strong, weak, 0.0)
+        total = tf.reduce_sum(loss)
+    weak_gradient, strong_gradient = tape.gradient(total, [weak, strong])
+    assert weak_gradient is None
+    assert np.abs(strong_gradient.numpy()).sum() > 0

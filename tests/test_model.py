@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from llp_tf.backbones import build_backbone, feature_dim
 from llp_tf.model import LLPModel, LLPState
+from tests import reference as ref
 
 N, D, Q, B, H = 64, 8, 4, 16, 8
 F = feature_dim("small_cnn")
@@ -40,12 +41,18 @@ def make_model(learning_rate, seed=0, use_confidence=True, use_category_loss=Tru
     return model, labels
 
 
-def batches(seed=1, steps=3):
+def batches(seed=1, steps=3, weak_views=False):
+    """Batches as data.train_dataset gives them: (images, true labels, indices), and with weak_views
+    a fourth element, other images standing for the weakly augmented views."""
     rng = np.random.default_rng(seed)
     images = rng.random((steps * B, H, H, 1)).astype(np.float32)
     true_labels = rng.integers(0, Q, steps * B)
     indices = rng.permutation(N)[: steps * B]
-    return tf.data.Dataset.from_tensor_slices((images, true_labels, indices)).batch(B)
+    elements = (images, true_labels, indices)
+    if weak_views:
+        weak = np.clip(images + rng.normal(0, 0.3, images.shape), 0, 1).astype(np.float32)
+        elements += (weak,)
+    return tf.data.Dataset.from_tensor_slices(elements).batch(B)
 
 
 def logsumexp(x, axis=-1):
@@ -114,6 +121,46 @@ def test_departures_from_the_paper_match_reference(phase, departure):
     np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
 
 
+CONSISTENCY = {"consistency_weight": 2.0, "consistency_threshold": 0.36}  # splits the test batch
+
+
+@pytest.mark.parametrize("phase", ["instance", "llp", "supervised"])
+def test_consistency_departure_matches_reference(phase):
+    """In LLP epochs the loss gains weight x the consistency loss of each unlabelled example (its weak
+    view's confident prediction, with batch-norm in inference mode, as its training view's target);
+    in the other phases the weak views change nothing."""
+    model, _ = make_model(learning_rate=0.0, **CONSISTENCY)
+    model.phase = phase
+    images, true_labels, indices, weak = next(iter(batches(steps=1, weak_views=True)))
+    indices = indices.numpy()
+    expected = reference_loss(model, model.state.bank.numpy(), images, true_labels.numpy(), indices,
+                              phase)
+    if phase == "llp":
+        strong_logits = model(images, training=True)["logits"].numpy()
+        weak_logits = model(weak, training=False)["logits"].numpy()
+        term, mask = ref.consistency_loss(strong_logits, weak_logits, CONSISTENCY["consistency_threshold"])
+        unlabelled = ~model.state.is_labelled.numpy()[indices]
+        assert 0 < (mask * unlabelled).sum() < unlabelled.sum()  # the threshold takes some, not all
+        expected += CONSISTENCY["consistency_weight"] * np.mean(term * unlabelled)
+        expected_mask = (mask * unlabelled).sum() / unlabelled.sum()
+    history = model.fit(batches(steps=1, weak_views=True), epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
+    if phase == "llp":
+        assert history["consistency_loss"][0] > 0
+        np.testing.assert_allclose(history["consistency_mask"][0], expected_mask, rtol=1e-6)
+
+
+def test_without_the_consistency_departure_weak_views_change_nothing():
+    model, _ = make_model(learning_rate=0.0)
+    model.phase = "llp"
+    images, true_labels, indices, _ = next(iter(batches(steps=1, weak_views=True)))
+    expected = reference_loss(model, model.state.bank.numpy(), images, true_labels.numpy(),
+                              indices.numpy(), "llp")
+    history = model.fit(batches(steps=1, weak_views=True), epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
+    assert "consistency_loss" not in history
+
+
 def test_confidence_and_category_switches_change_the_loss():
     images, true_labels, indices = next(iter(batches(steps=1)))
     losses = []
@@ -124,18 +171,18 @@ def test_confidence_and_category_switches_change_the_loss():
     assert len(set(np.round(losses, 6))) == 3
 
 
-def train_under(strategy, phase):
+def train_under(strategy, phase, **departures):
     with strategy.scope():
-        model, _ = make_model(learning_rate=0.5)
+        model, _ = make_model(learning_rate=0.5, **departures)
     model.phase = phase
-    model.fit(batches(steps=3), epochs=2, verbose=0)
+    model.fit(batches(steps=3, weak_views=bool(departures)), epochs=2, verbose=0)
     return model
 
 
-@pytest.mark.parametrize("phase", ["instance", "llp"])
-def test_two_replicas_equal_one_device(phase, mirrored_strategy):
-    single = train_under(tf.distribute.get_strategy(), phase)
-    mirrored = train_under(mirrored_strategy, phase)
+@pytest.mark.parametrize("phase, departures", [("instance", {}), ("llp", {}), ("llp", CONSISTENCY)])
+def test_two_replicas_equal_one_device(phase, departures, mirrored_strategy):
+    single = train_under(tf.distribute.get_strategy(), phase, **departures)
+    mirrored = train_under(mirrored_strategy, phase, **departures)
     copies = [v.numpy() for v in mirrored.state.bank.values]
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], copies[1])
