@@ -16,34 +16,40 @@ EPOCHS, WARMUP, STEPS = 3, 1, 10  # epoch 1 supervised, the switch's propagation
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def command(npz, workdir):
+def command(npz, workdir, extra=()):
     return kill_drill.train_command(f"npz:{npz}", workdir, epochs=EPOCHS, instance_epochs=WARMUP,
-                                    steps_per_epoch=STEPS, keep=2, warmup="supervised")
+                                    steps_per_epoch=STEPS, keep=2, warmup="supervised") + list(extra)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--consistency_weight=1", "--consistency_threshold=0.5")],
+                         ids=["recipe", "with_consistency"])
 def test_supervised_warmup_stopped_in_the_warmup_and_after_the_switch_resumes_bit_for_bit(
-        tiny_npz, tmp_path):
+        tiny_npz, tmp_path, extra):
+    """The recipe's shape, and with the consistency departure (whose weak views must come back the same
+    after a restart too)."""
+    command_of = lambda workdir: command(tiny_npz, workdir, extra)  # noqa: E731
     reference = str(tmp_path / "reference")
-    process = kill_drill.start(command(tiny_npz, reference), str(tmp_path / "reference_log"))
+    process = kill_drill.start(command_of(reference), str(tmp_path / "reference_log"))
     assert process.wait(timeout=600) == 0, kill_drill.read(f"{tmp_path}/reference_log.err")[-3000:]
     metrics = json.loads(kill_drill.read(f"{reference}/metrics.json"))
     assert metrics["warmup"] == "supervised" and metrics["warmup_epochs"] == WARMUP
     assert metrics["instance_epochs"] == 0 and 0.0 <= metrics["warmup_val_top1"] <= 1.0
     assert len(metrics["pseudo_label_accuracy_history"]) == EPOCHS - WARMUP + 1  # the switch's too
+    assert ("consistency_mask" in kill_drill.read(f"{tmp_path}/reference_log.out")) == bool(extra)
 
     workdir = str(tmp_path / "run")
     first = str(tmp_path / "first")  # SIGTERM inside epoch 1: the supervised warm-up
-    process = kill_drill.start(command(tiny_npz, workdir), first)
+    process = kill_drill.start(command_of(workdir), first)
     stderr = stop_with(signal.SIGTERM, process, first, 1)
     assert process.returncode == 128 + signal.SIGTERM and "in epoch 1 and saved" in stderr, stderr[-3000:]
     second = str(tmp_path / "second")  # SIGINT inside epoch 3: LLP, after the switch
-    process = kill_drill.start(command(tiny_npz, workdir), second)
+    process = kill_drill.start(command_of(workdir), second)
     stderr = stop_with(signal.SIGINT, process, second, 3)
     assert process.returncode == 128 + signal.SIGINT and "in epoch 3 and saved" in stderr, stderr[-3000:]
     assert "(0 epochs done" in stderr  # it resumed inside the warm-up
     last = str(tmp_path / "last")
-    process = kill_drill.start(command(tiny_npz, workdir), last)
+    process = kill_drill.start(command_of(workdir), last)
     assert process.wait(timeout=600) == 0, kill_drill.read(f"{last}.err")[-3000:]
     assert "(2 epochs done" in kill_drill.read(f"{last}.err")  # and then after the switch
     assert_same_as_reference(reference, workdir)
