@@ -137,3 +137,9 @@ for seed in 0 1; do
   run cifar10k_paper_sup_s$seed --flagfile=$cifar --kept_fraction=0.2 --labelled_fraction=0.002 \
     --method=supervised "${paper_schedule[@]}" --seed=$seed
 done
+# Session 12: the recipe with the consistency departure (flags/departures/consistency.cfg: FixMatch's
+# unlabelled loss beside LLP's), against the same fair baseline and every-label run as the recipe.
+for seed in 0 1; do
+  run fmnist_recipe_cons_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency.cfg $fm_data --seed=$seed
+  run cifar_recipe_cons_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency.cfg $cf_data --seed=$seed
+done
