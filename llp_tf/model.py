@@ -153,8 +153,14 @@ class LLPModel(keras.Model):
         return self.consistency_weight * loss * unlabelled, mask, unlabelled
 
     def uses_weak_view(self, data):
-        """True when this step adds the consistency term: phase llp, weight > 0, a weak view given."""
-        return self._phase == "llp" and bool(self.consistency_weight) and len(data) > 3
+        """True when this step adds the consistency term: phase llp and weight > 0 (whose batches must
+        then carry the weak views)."""
+        if self._phase != "llp" or not self.consistency_weight:
+            return False
+        if len(data) < 4:
+            raise ValueError("consistency_weight > 0 needs batches that carry weak views "
+                             "(data.train_dataset(..., weak_views=True))")
+        return True
 
     def phase_variables(self):
         """The variables this phase trains: a head no loss of the phase reaches is left out (the

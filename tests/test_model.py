@@ -150,6 +150,13 @@ def test_consistency_departure_matches_reference(phase):
         np.testing.assert_allclose(history["consistency_mask"][0], expected_mask, rtol=1e-6)
 
 
+def test_the_consistency_departure_refuses_batches_without_weak_views():
+    model, _ = make_model(learning_rate=0.0, **CONSISTENCY)
+    model.phase = "llp"
+    with pytest.raises(ValueError, match="needs batches that carry weak views"):
+        model.fit(batches(steps=1), epochs=1, verbose=0)
+
+
 def test_without_the_consistency_departure_weak_views_change_nothing():
     model, _ = make_model(learning_rate=0.0)
     model.phase = "llp"
