@@ -24,11 +24,12 @@ def describe():
             f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
 
 
-def build_model(backbone, input_shape, num_classes, is_labelled, labels, width=None):
-    """An LLPModel (SGD, built) whose every row already has a label, as after a propagation."""
+def build_model(backbone, input_shape, num_classes, is_labelled, labels, width=None, **departures):
+    """An LLPModel (SGD, built) whose every row already has a label, as after a propagation;
+    departures: LLPModel's keyword arguments of departures from the paper."""
     state = LLPState(is_labelled, labels, 128)
     state.labels.assign(labels)
-    model = LLPModel(build_backbone(backbone, input_shape, width=width), num_classes, state)
+    model = LLPModel(build_backbone(backbone, input_shape, width=width), num_classes, state, **departures)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     model(tf.zeros((1,) + tuple(input_shape)))
     # Built for every variable: a phase trains only some of them (LLPModel.phase_variables), and an

@@ -9,6 +9,8 @@ processes hits every phase alike. Parts, each alone in its own tf.function:
   scoring:  the aggregation loss of a batch of embeddings against the bank, forward and backward (the
             O(B N D) part that grows with the bank);
   update:   blending the batch into its bank rows (gather, normalise, scatter).
+And the LLP step with the consistency departure (--consistency_weight: one more forward pass, of the
+weak views, per step), on a second model of the same shape, against the plain LLP step.
 """
 import time
 
@@ -34,11 +36,26 @@ FLAGS = flags.FLAGS
 PHASES = ("supervised", "instance", "llp")
 
 
-def build_model(num_rows):
+def build_model(num_rows, **departures):
     rng = np.random.default_rng(0)
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
     return bench_common.build_model(FLAGS.backbone, shape, FLAGS.num_classes, rng.random(num_rows) < 0.01,
-                                    rng.integers(0, FLAGS.num_classes, num_rows), width=FLAGS.width)
+                                    rng.integers(0, FLAGS.num_classes, num_rows), width=FLAGS.width,
+                                    **departures)
+
+
+def consistency_step(num_rows, batch):
+    """One traced, warmed-up LLP step of a model with the consistency departure, on batch and its
+    weak views (the same images flipped: the step's cost does not depend on their content)."""
+    model = build_model(num_rows, consistency_weight=1.0)
+    model.phase = "llp"
+    batch = batch + (tf.image.flip_left_right(batch[0]),)
+    step = tf.function(model.train_step)
+    step.get_concrete_function(batch)
+    function = _bound(step, batch)
+    for _ in range(3):
+        function()
+    return function
 
 
 def step_functions(model, batch):
@@ -98,8 +115,9 @@ def main(argv):
     print(bench_common.describe())
     print(f"{FLAGS.backbone} {FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}, batch {FLAGS.batch_size}, "
           f"median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps")
-    print("| N | supervised ms | instance ms | LLP ms | instance / sup | LLP / sup | scoring ms | update ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | supervised ms | instance ms | LLP ms | instance / sup | LLP / sup | scoring ms | update ms "
+          "| LLP + consistency ms | LLP + consistency / LLP |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(1)
     for num_rows in [int(n) for n in FLAGS.bank_rows]:
         model = build_model(num_rows)
@@ -107,11 +125,14 @@ def main(argv):
         batch = (tf.constant(rng.random(shape), tf.float32),
                  tf.constant(rng.integers(0, FLAGS.num_classes, FLAGS.batch_size), tf.int64),
                  tf.constant(rng.permutation(num_rows)[:FLAGS.batch_size], tf.int64))
-        ms = median_ms(step_functions(model, batch))
+        functions = step_functions(model, batch)
+        functions["consistency"] = consistency_step(num_rows, batch)
+        ms = median_ms(functions)
         sup = ms["supervised"]
         print(f"| {num_rows:,} | {sup:.1f} | {ms['instance']:.1f} | {ms['llp']:.1f} | "
               f"{ms['instance'] / sup:.2f} | {ms['llp'] / sup:.2f} | {ms['scoring']:.1f} | "
-              f"{ms['update']:.1f} |", flush=True)
+              f"{ms['update']:.1f} | {ms['consistency']:.1f} | {ms['consistency'] / ms['llp']:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
