@@ -49,10 +49,7 @@ def consistency_step(num_rows, batch):
     weak views (the same images flipped: the step's cost does not depend on their content)."""
     model = build_model(num_rows, consistency_weight=1.0)
     model.phase = "llp"
-    batch = batch + (tf.image.flip_left_right(batch[0]),)
-    step = tf.function(model.train_step)
-    step.get_concrete_function(batch)
-    function = _bound(step, batch)
+    function = traced_step(model, batch + (tf.image.flip_left_right(batch[0]),))
     for _ in range(3):
         function()
     return function
@@ -63,9 +60,7 @@ def step_functions(model, batch):
     functions = {}
     for phase in PHASES:
         model.phase = phase  # a Python branch of train_step: trace now, while it holds
-        step = tf.function(model.train_step)
-        step.get_concrete_function(batch)
-        functions[phase] = _bound(step, batch)
+        functions[phase] = traced_step(model, batch)
     state = model.state
     embeddings = tf.math.l2_normalize(tf.random.stateless_normal((FLAGS.batch_size, 128), (1, 2)), axis=1)
     images, _, indices = batch
@@ -91,7 +86,10 @@ def step_functions(model, batch):
     return functions
 
 
-def _bound(step, batch):
+def traced_step(model, batch):
+    """model's train_step on batch, traced now (its phase is a Python branch), as a callable."""
+    step = tf.function(model.train_step)
+    step.get_concrete_function(batch)
     return lambda: step(batch)["loss"]
 
 
