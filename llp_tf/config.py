@@ -116,6 +116,11 @@ class TrainConfig:
     consistency_threshold: float = setting(
         0.95, "(departure) with --consistency_weight, the smallest probability of the weak view's "
         "prediction that makes it a target (FixMatch: 0.95)")
+    consistency_warmup: bool = setting(
+        False, "(departure) with --consistency_weight and --warmup=supervised, the warm-up trains on "
+        "the unlabelled images too (FixMatch): batches of --labelled_per_batch labelled images, whose "
+        "cross-entropy weighs as a batch of labelled images, the rest unlabelled with the consistency "
+        "loss; off: the warm-up sees the labelled images alone")
     refresh_bank: bool = setting(
         False, "(departure) before each propagation, re-embed every kept image unaugmented into the "
         "bank; paper: the bank holds momentum averages of the training views' embeddings")
@@ -195,6 +200,11 @@ class TrainConfig:
         if self.consistency_weight and (self.method != "llp" or not self.augment):
             raise ValueError("--consistency_weight needs --method=llp and --augment: it compares two "
                              "augmented views in the LLP epochs")
+        if self.consistency_warmup and not (self.consistency_weight and self.warmup == "supervised"
+                                            and self.labelled_per_batch):
+            raise ValueError("--consistency_warmup needs --consistency_weight > 0, --warmup=supervised "
+                             "and --labelled_per_batch > 0: it adds the consistency loss on the "
+                             "unlabelled images of the supervised warm-up's batches")
         if self.jit_compile and self.cpu_replicas > 1:
             raise ValueError(f"--jit_compile cannot run under --cpu_replicas={self.cpu_replicas}: XLA "
                              "cannot reach the other logical CPUs' variable copies (a TensorFlow "
@@ -255,6 +265,11 @@ class TrainConfig:
         switch to LLP refills it from the trained network before the first propagation."""
         return (self.method != "supervised" and self.warmup == "supervised"
                 and self.resolved_warmup_epochs() > 0)
+
+    def labelled_only(self, phase: str) -> bool:
+        """Whether the batches of `phase` hold the labelled examples alone, cycled: supervised training
+        and the supervised warm-up, unless --consistency_warmup mixes in the unlabelled ones."""
+        return phase == "supervised" and not self.consistency_warmup
 
     def fills_bank_at_start(self) -> bool:
         """--bank_init=network fills the bank from the untrained network at the start, unless no loss

@@ -33,8 +33,10 @@ def phase_line(phase: str, first: int, last: int, config, num_classes: int, num_
         return (f"Instance recognition (warm-up), {where}: the embedding learns to tell every image from "
                 f"every other; {classifier}. The first propagation comes at the end of epoch {last}.")
     if phase == "supervised":
-        return (f"Supervised warm-up, {where}: the network trains on the {num_labelled:,} labelled images "
-                f"alone; at the end of epoch {last} the bank is refilled from it and the first propagation "
+        images = (f"the {num_labelled:,} labelled images and, through the consistency loss "
+                  f"(--consistency_warmup), the unlabelled ones" if config.consistency_warmup else
+                  f"the {num_labelled:,} labelled images alone")
+        return (f"Supervised warm-up, {where}: the network trains on {images}; at the end of epoch {last} the bank is refilled from it and the first propagation "
                 f"labels the rest.")
     if config.method == "two_stage":
         return (f"Two-stage baseline, {where}: embedding and classifier train on the pseudo-labels of the "

@@ -121,7 +121,10 @@ def build_model(config: TrainConfig, input_shape, num_classes, is_labelled, true
                      warmup_category_loss=config.warmup_category_loss,
                      confidence_threshold=config.confidence_threshold,
                      consistency_weight=config.consistency_weight,
-                     consistency_threshold=config.consistency_threshold)
+                     consistency_threshold=config.consistency_threshold,
+                     consistency_warmup=config.consistency_warmup,
+                     labelled_weight=(config.batch_size / config.labelled_per_batch
+                                      if config.consistency_warmup else 1.0))
     optimizer = keras.optimizers.SGD(_learning_rate(config, steps), momentum=config.momentum)
     if config.mixed_precision == "mixed_float16":
         # What compile() would wrap it in under that policy, here from the config alone, so that a

@@ -61,12 +61,16 @@ class LLPModel(keras.Model):
     consistency_weight > 0 (a departure): batches carry a fourth element, a weakly augmented view of
     each image, and in phase "llp" every unlabelled example adds consistency_weight times
     losses.consistency_loss (its weak view's confident prediction as the target of its training view).
+    consistency_warmup (a departure, with consistency_weight > 0): phase "supervised" gets mixed
+    batches too; its labelled rows' cross-entropy is multiplied by labelled_weight (batch size over
+    labelled rows per batch, so that they weigh as a batch of labelled examples) and its unlabelled
+    rows add the consistency term (FixMatch).
     """
 
     def __init__(self, backbone, num_classes, state: LLPState, tau=0.07, bank_momentum=0.5,
                  use_confidence=True, use_category_loss=True, weight_decay=1e-4,
                  warmup_category_loss=False, confidence_threshold=0.0, consistency_weight=0.0,
-                 consistency_threshold=0.95, **kwargs):
+                 consistency_threshold=0.95, consistency_warmup=False, labelled_weight=1.0, **kwargs):
         super().__init__(**kwargs)
         regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
         self.backbone = backbone
@@ -85,6 +89,8 @@ class LLPModel(keras.Model):
         self.confidence_threshold = confidence_threshold
         self.consistency_weight = consistency_weight
         self.consistency_threshold = consistency_threshold
+        self.consistency_warmup = consistency_warmup
+        self.labelled_weight = labelled_weight
         self._phase = "instance"
         tracked = ["loss", "aggregation_loss", "category_loss", "weight_decay_loss"]
         if consistency_weight:
@@ -133,7 +139,14 @@ class LLPModel(keras.Model):
             category = losses.category_loss(labels, logits) * tf.cast(is_labelled, logits.dtype)
             return aggregation + category, aggregation, category
         if self._phase == "supervised":
-            category = losses.category_loss(true_labels, logits)
+            if not self.consistency_warmup:
+                category = losses.category_loss(true_labels, logits)
+                return category, zeros, category
+            # Departure: mixed batches; the unlabelled rows' true labels are never read.
+            is_labelled = tf.gather(self.state.is_labelled, indices)
+            labels = tf.where(is_labelled, tf.gather(self.state.labels, indices), 0)
+            category = (losses.category_loss(labels, logits) * tf.cast(is_labelled, logits.dtype)
+                        * self.labelled_weight)
             return category, zeros, category
         labels = tf.gather(self.state.labels, indices)
         confidences = tf.gather(self.state.confidences, indices)
@@ -153,9 +166,11 @@ class LLPModel(keras.Model):
         return self.consistency_weight * loss * unlabelled, mask, unlabelled
 
     def uses_weak_view(self, data):
-        """True when this step adds the consistency term: phase llp and weight > 0 (whose batches must
-        then carry the weak views)."""
-        if self._phase != "llp" or not self.consistency_weight:
+        """True when this step adds the consistency term: weight > 0 and phase llp, or phase supervised
+        with consistency_warmup (whose batches must then carry the weak views)."""
+        if not self.consistency_weight:
+            return False
+        if self._phase != "llp" and not (self._phase == "supervised" and self.consistency_warmup):
             return False
         if len(data) < 4:
             raise ValueError("consistency_weight > 0 needs batches that carry weak views "

@@ -72,7 +72,7 @@ def train(config: TrainConfig, reevaluate: bool = False) -> dict:
                                                num_labelled))
             for epoch in range(first, last):
                 skip = resume_at[1] if epoch == resume_at[0] else 0
-                batches = experiment.train_dataset(epoch, skip, labelled_only=phase == "supervised")
+                batches = experiment.train_dataset(epoch, skip, labelled_only=config.labelled_only(phase))
                 experiment.model.fit(
                     batches, initial_epoch=epoch, epochs=config.epochs,
                     steps_per_epoch=experiment.steps_per_epoch - skip, validation_data=validation,

@@ -204,6 +204,9 @@ def test_verbose_auto_is_a_progress_bar_on_a_terminal_and_a_line_per_epoch_other
     ({"warmup": "supervised"}, "supervised", (0, 2),
      "Supervised warm-up, epochs 1-2 of 10: the network trains on the 60 labelled images alone; at the "
      "end of epoch 2 the bank is refilled"),
+    ({"warmup": "supervised", "consistency_warmup": True}, "supervised", (0, 2),
+     r"the network trains on the 60 labelled images and, through the consistency loss "
+     r"\(--consistency_warmup\), the unlabelled ones; at the end of epoch 2"),
     ({}, "llp", (2, 10), "LLP, epochs 3-10 of 10: .* after every epoch a propagation"),
     ({"method": "two_stage"}, "llp", (2, 10), "Two-stage baseline, epochs 3-10 of 10: .* stay fixed"),
     ({"method": "supervised"}, "supervised", (0, 10),
