@@ -45,6 +45,12 @@ def test_warmup_resolves(values, warmup, warmup_epochs, instance_epochs):
     ({"consistency_threshold": 1.5}, "--consistency_threshold must be in [0, 1], got 1.5"),
     ({"consistency_weight": 1.0, "method": "supervised"}, "--consistency_weight needs --method=llp"),
     ({"consistency_weight": 1.0, "augment": False}, "--consistency_weight needs --method=llp and --augment"),
+    ({"consistency_warmup": True, "warmup": "supervised", "labelled_per_batch": 8},
+     "--consistency_warmup needs --consistency_weight > 0"),
+    ({"consistency_warmup": True, "consistency_weight": 1.0, "labelled_per_batch": 8},
+     "--consistency_warmup needs --consistency_weight > 0, --warmup=supervised"),
+    ({"consistency_warmup": True, "consistency_weight": 1.0, "warmup": "supervised"},
+     "and --labelled_per_batch > 0"),
 ])
 def test_settings_that_cannot_work_name_their_flag(values, message):
     with pytest.raises(ValueError, match=None) as raised:
@@ -62,3 +68,17 @@ def test_learning_rate_schedule(values, expected):
     drops, rates = config(**values).learning_rates()
     assert drops == expected[0]
     assert rates == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("values, warmup_batches", [
+    ({"warmup": "supervised"}, True),
+    ({"warmup": "supervised", "consistency_weight": 1.0}, True),
+    ({"warmup": "supervised", "consistency_weight": 1.0, "consistency_warmup": True,
+      "labelled_per_batch": 8}, False),
+])
+def test_only_supervised_phases_feed_the_labelled_images_alone(values, warmup_batches):
+    """--consistency_warmup mixes the unlabelled images into the supervised warm-up's batches."""
+    settings = config(**values)
+    settings.validate()
+    assert settings.labelled_only("supervised") is warmup_batches
+    assert not settings.labelled_only("llp") and not settings.labelled_only("instance")

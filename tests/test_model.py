@@ -150,6 +150,39 @@ def test_consistency_departure_matches_reference(phase):
         np.testing.assert_allclose(history["consistency_mask"][0], expected_mask, rtol=1e-6)
 
 
+def test_consistency_in_the_warmup_matches_reference():
+    """--consistency_warmup: in the supervised warm-up the labelled rows' cross-entropy against their
+    stored labels, times labelled_weight, and each unlabelled row's consistency term (its true label
+    in the batch is never read); the loss of the plain supervised phase otherwise."""
+    weight = 3.0
+    model, _ = make_model(learning_rate=0.0, consistency_warmup=True, labelled_weight=weight,
+                          **CONSISTENCY)
+    model.phase = "supervised"
+    images, true_labels, indices, weak = next(iter(batches(steps=1, weak_views=True)))
+    indices = indices.numpy()
+    outputs = model(images, training=True)
+    logits = outputs["logits"].numpy().astype(np.float64)
+    labelled = model.state.is_labelled.numpy()[indices]
+    stored = model.state.labels.numpy()[indices]
+    assert 0 < labelled.sum() < len(indices)
+    assert (stored[labelled] != true_labels.numpy()[labelled]).any()  # the stored labels are the ones read
+    category = logsumexp(logits) - logits[np.arange(len(indices)), np.where(labelled, stored, 0)]
+    term, mask = ref.consistency_loss(logits.astype(np.float32),
+                                      model(weak, training=False)["logits"].numpy(),
+                                      CONSISTENCY["consistency_threshold"])
+    assert 0 < (mask * ~labelled).sum() < (~labelled).sum()  # the threshold takes some, not all
+    kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
+    penalty = 1e-3 * sum(np.sum(k.numpy().astype(np.float64) ** 2) for k in kernels)
+    expected = np.mean(weight * labelled * category
+                       + CONSISTENCY["consistency_weight"] * ~labelled * term) + penalty
+    history = model.fit(batches(steps=1, weak_views=True), epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
+    np.testing.assert_allclose(history["consistency_mask"][0],
+                               (mask * ~labelled).sum() / (~labelled).sum(), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs batches that carry weak views"):
+        model.fit(batches(steps=1), epochs=1, verbose=0)
+
+
 def test_the_consistency_departure_refuses_batches_without_weak_views():
     model, _ = make_model(learning_rate=0.0, **CONSISTENCY)
     model.phase = "llp"

@@ -22,12 +22,13 @@ def command(npz, workdir, extra=()):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--consistency_weight=1", "--consistency_threshold=0.5")],
+@pytest.mark.parametrize("extra", [(), ("--consistency_weight=1", "--consistency_threshold=0.5",
+                                         "--consistency_warmup", "--labelled_per_batch=8")],
                          ids=["recipe", "with_consistency"])
 def test_supervised_warmup_stopped_in_the_warmup_and_after_the_switch_resumes_bit_for_bit(
         tiny_npz, tmp_path, extra):
-    """The recipe's shape, and with the consistency departure (whose weak views must come back the same
-    after a restart too)."""
+    """The recipe's shape, and with the consistency departure in the warm-up and the LLP epochs (whose
+    mixed warm-up batches and weak views must come back the same after a restart too)."""
     command_of = lambda workdir: command(tiny_npz, workdir, extra)  # noqa: E731
     reference = str(tmp_path / "reference")
     process = kill_drill.start(command_of(reference), str(tmp_path / "reference_log"))
