@@ -219,7 +219,9 @@ def train_under(strategy, phase, **departures):
     return model
 
 
-@pytest.mark.parametrize("phase, departures", [("instance", {}), ("llp", {}), ("llp", CONSISTENCY)])
+@pytest.mark.parametrize("phase, departures", [
+    ("instance", {}), ("llp", {}), ("llp", CONSISTENCY),
+    ("supervised", {"consistency_warmup": True, "labelled_weight": 3.0, **CONSISTENCY})])
 def test_two_replicas_equal_one_device(phase, departures, mirrored_strategy):
     single = train_under(tf.distribute.get_strategy(), phase, **departures)
     mirrored = train_under(mirrored_strategy, phase, **departures)
