@@ -143,3 +143,9 @@ for seed in 0 1; do
   run fmnist_recipe_cons_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency.cfg $fm_data --seed=$seed
   run cifar_recipe_cons_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency.cfg $cf_data --seed=$seed
 done
+# Session 13: the consistency departure in the supervised warm-up too (flags/departures/consistency_warmup.cfg:
+# FixMatch from the first epoch, then beside LLP's loss), against the recipe's fair baseline.
+for seed in 0 1; do
+  run fmnist_recipe_cwarm_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency_warmup.cfg $fm_data --seed=$seed
+  run cifar_recipe_cwarm_s$seed --flagfile=$recipe --flagfile=flags/departures/consistency_warmup.cfg $cf_data --seed=$seed
+done

@@ -112,17 +112,23 @@ def test_ablation_flagfile_sets_only_its_switches(path, monkeypatch):
     assert configs[1].eval_knn_k == 1
 
 
+RECIPE_DEPARTURES = {"consistency_warmup.cfg"}  # they need the recipe's supervised warm-up
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "departures", "*.cfg"))),
                          ids=os.path.basename)
 def test_departure_flagfile_composes_with_a_dataset_flagfile(path, monkeypatch):
+    """Each departure file composes with a dataset flagfile, or with the recipe's where it acts on the
+    recipe's supervised warm-up."""
     monkeypatch.chdir(ROOT)
     flag_values = flags.FlagValues()
     train_tool.define_config_flags(flag_values)
-    flag_values(["llp-train", "--flagfile=flags/paper/cifar10_jpg_1pct.cfg", f"--flagfile={path}",
-                 "--init_from=/tmp/x", "--workdir=/tmp/y"])
+    base = (["--flagfile=flags/recommended.cfg", "--dataset=folder:/tmp/images"]
+            if os.path.basename(path) in RECIPE_DEPARTURES else ["--flagfile=flags/paper/cifar10_jpg_1pct.cfg"])
+    flag_values(["llp-train", *base, f"--flagfile={path}", "--init_from=/tmp/x", "--workdir=/tmp/y"])
     config = train_tool.config_from_flags(flag_values)
     config.validate()
-    named = [line[2:].split("=")[0] for line in open(path) if line.startswith("--")]
+    named = [line[2:].strip().split("=")[0] for line in open(path) if line.startswith("--")]
     assert named and all(flag_values[name].present for name in named)
     assert config.dataset.startswith("folder:")
 
