@@ -36,8 +36,8 @@ def phase_line(phase: str, first: int, last: int, config, num_classes: int, num_
         images = (f"the {num_labelled:,} labelled images and, through the consistency loss "
                   f"(--consistency_warmup), the unlabelled ones" if config.consistency_warmup else
                   f"the {num_labelled:,} labelled images alone")
-        return (f"Supervised warm-up, {where}: the network trains on {images}; at the end of epoch {last} the bank is refilled from it and the first propagation "
-                f"labels the rest.")
+        return (f"Supervised warm-up, {where}: the network trains on {images}; at the end of epoch "
+                f"{last} the bank is refilled from it and the first propagation labels the rest.")
     if config.method == "two_stage":
         return (f"Two-stage baseline, {where}: embedding and classifier train on the pseudo-labels of the "
                 f"one propagation at the switch, which stay fixed.")
