@@ -85,9 +85,13 @@ def reference_loss(model, bank, images, true_labels, indices, phase, weight_deca
         agg = logsumexp(sims) - logsumexp(np.where(same, sims, -np.inf))
         cat = logsumexp(logits) - logits[np.arange(len(indices)), y]
         per = np.where(conf >= confidence_threshold, conf, 0.0) * (agg + cat)
+    return per.mean() + weight_penalty(model, weight_decay)
+
+
+def weight_penalty(model, weight_decay=1e-3):
+    """The L2 penalty on every kernel, in float64."""
     kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
-    penalty = weight_decay * sum(np.sum(k.numpy().astype(np.float64) ** 2) for k in kernels)
-    return per.mean() + penalty
+    return weight_decay * sum(np.sum(k.numpy().astype(np.float64) ** 2) for k in kernels)
 
 
 @pytest.mark.parametrize("phase", ["instance", "llp", "supervised"])
@@ -171,10 +175,8 @@ def test_consistency_in_the_warmup_matches_reference():
                                       model(weak, training=False)["logits"].numpy(),
                                       CONSISTENCY["consistency_threshold"])
     assert 0 < (mask * ~labelled).sum() < (~labelled).sum()  # the threshold takes some, not all
-    kernels = [w for w in model.trainable_weights if w.path.endswith("kernel")]
-    penalty = 1e-3 * sum(np.sum(k.numpy().astype(np.float64) ** 2) for k in kernels)
     expected = np.mean(weight * labelled * category
-                       + CONSISTENCY["consistency_weight"] * ~labelled * term) + penalty
+                       + CONSISTENCY["consistency_weight"] * ~labelled * term) + weight_penalty(model)
     history = model.fit(batches(steps=1, weak_views=True), epochs=1, verbose=0).history
     np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-5)
     np.testing.assert_allclose(history["consistency_mask"][0],
